@@ -1,0 +1,25 @@
+"""dode_core: D-ODE (Kim, Tang, Yu, CVPR 2024) for k-diffusion-style samplers, in pure torch.
+
+    from dode_core import distill, sample, make_sampler, Lambdas, load_lambdas
+
+No host (ComfyUI, A1111, Forge) is imported here; hosts pass their own sampler functions in.
+"""
+
+from .blackbox import SamplerRefusedError
+from .correction import DODEDenoiser, make_sampler, sample
+from .fit import distill
+from .lambdas_file import LambdaFileError, Lambdas, ScheduleMismatchError, load_lambdas
+from .version import __version__
+
+__all__ = [
+    "DODEDenoiser",
+    "LambdaFileError",
+    "Lambdas",
+    "SamplerRefusedError",
+    "ScheduleMismatchError",
+    "__version__",
+    "distill",
+    "load_lambdas",
+    "make_sampler",
+    "sample",
+]
