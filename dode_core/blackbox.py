@@ -66,14 +66,16 @@ class _Stop(BaseException):
 
 
 class _StandIn(ModelProxy):
-    """A free denoiser (returns zeros) that records the sigma of every call."""
+    """A free denoiser (returns zeros) that records the sigma and the input of every call."""
 
     def __init__(self, model):
         super().__init__(model)
         self.sigmas: list[float] = []
+        self.inputs: list[torch.Tensor] = []
 
     def __call__(self, x, sigma, **extra_args):
         self.sigmas.append(sigma_value(sigma))
+        self.inputs.append(x.detach().clone())
         return torch.zeros_like(x)
 
 
@@ -94,24 +96,27 @@ class _Replayer(ModelProxy):
 
 
 @contextlib.contextmanager
-def _private_rng(seed: int):
-    """Seed torch's generators for a probe and restore them afterwards (the host owns the RNG state)."""
+def private_rng(seed: int | None = None):
+    """Fork torch's generators (seeded with ``seed`` if given) and restore them afterwards: the host owns
+    the random state, and k-diffusion's samplers draw from it even when they add no noise."""
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+        if seed is not None:
+            torch.manual_seed(seed)
         yield
 
 
 def probe_call_sigmas(model, x, sigmas, sampler, *, extra_args=None, options=None, seed=0):
     """The sigma of every model call ``sampler`` makes on ``sigmas``, from a run with a free stand-in.
 
-    Returns ``(call_sigmas, final_state)``; runs one latent, costs no model evaluation.
+    Returns ``(call_sigmas, states)``: the states passed to each call, then the result. Runs one latent
+    and costs no model evaluation.
     """
     stand_in = _StandIn(model)
-    with _private_rng(seed):
+    with private_rng(seed):
         final = sampler(stand_in, x[:1].clone(), sigmas, extra_args=dict(extra_args or {}), callback=None,
                         disable=True, **(options or {}))
-    return stand_in.sigmas, final
+    return stand_in.sigmas, stand_in.inputs + [final]
 
 
 def check_deterministic(model, x, sigmas, sampler, *, extra_args=None, options=None) -> list[float]:
@@ -125,13 +130,13 @@ def check_deterministic(model, x, sigmas, sampler, *, extra_args=None, options=N
     for seed in (1, 2):
         args = dict(extra_args or {}, seed=seed)
         runs.append(probe_call_sigmas(model, x, sigmas, sampler, extra_args=args, options=options, seed=seed))
-    (sigmas_a, final_a), (sigmas_b, final_b) = runs
+    (sigmas_a, states_a), (sigmas_b, states_b) = runs
     if sigmas_a != sigmas_b:
         raise SamplerRefusedError(
             f"sampler '{name}' chose different steps in two runs on the same schedule; D-ODE needs a "
             "sampler with fixed steps (euler, heun, dpmpp_2m, lms, dpm_2, ipndm, deis, ...)."
         )
-    if not torch.equal(final_a, final_b):
+    if not all(torch.equal(a, b) for a, b in zip(states_a, states_b)):
         raise SamplerRefusedError(
             f"sampler '{name}' injects noise: two runs from the same latent with different seeds gave "
             "different results. D-ODE needs a deterministic ODE sampler (euler, heun, dpmpp_2m, lms, "

@@ -22,7 +22,16 @@ import math
 
 import torch
 
-from .blackbox import ModelProxy, SamplerRefusedError, check_deterministic, close_enough, replay, sampler_name, sigma_value
+from .blackbox import (
+    ModelProxy,
+    SamplerRefusedError,
+    check_deterministic,
+    close_enough,
+    private_rng,
+    replay,
+    sampler_name,
+    sigma_value,
+)
 from .correction import apply_correction, differences
 from .lambdas_file import Lambdas, format_sigmas
 from .teacher import grid_index, teacher_sigmas
@@ -143,7 +152,6 @@ def _choose_term_count(G, b, c, floor: float) -> int:
     return 1 + min(range(len(errors)), key=errors.__getitem__)  # ties go to fewer terms
 
 
-@torch.no_grad()
 def distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, teacher_sampler=None, history=1,
             callback=None, options=None) -> Lambdas:
     """Fit D-ODE λ for ``sampler`` on ``sigmas`` against a ``teacher_factor``-times finer teacher run.
@@ -153,7 +161,15 @@ def distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, te
     history:  terms per call (1 = the paper's single λ), or "auto": 1 to 3 per call, chosen on held-out latents
     callback: ``callback(done, total)`` after each model evaluation (teacher + student); raise to cancel
     options:  extra keyword arguments for the sampler (as ComfyUI's ``extra_options``)
+
+    The global random state is left as it was found.
     """
+    with torch.no_grad(), private_rng():
+        return _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_sampler, history, callback,
+                        options)
+
+
+def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_sampler, history, callback, options):
     check_inputs(x, sigmas, teacher_factor, history)
     teacher_sampler = teacher_sampler or sampler
     extra_args = dict(extra_args or {})
@@ -199,8 +215,8 @@ def distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, te
         if call is None or not math.isclose(sigma_value(call.sigma), sigma_k, rel_tol=1e-5, abs_tol=1e-8):
             refuse(f"did not make model call {k} at sigma {sigma_k:.4g} when replayed (it adapts its steps)")
         if predicted is not None and not close_enough(call.x, predicted, predicted_scale):
-            refuse(f"did not reproduce its state at call {k} when replayed (it injects noise or keeps state "
-                   "between runs)")
+            refuse(f"did not reach the state its replays predicted at call {k} (it injects noise, keeps state "
+                   "between runs, or is not affine in the denoised output)")
         denoised = student(call.x, call.sigma, **call.extra_args)
         raw.append(denoised)
         terms = differences(raw, max_terms)
@@ -242,7 +258,8 @@ def distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, te
     if final is None:
         refuse(f"asked for more than the {len(call_sigmas)} model calls it made on a free probe run")
     if not close_enough(final, predicted, predicted_scale):
-        refuse("did not reproduce its final state when replayed")
+        refuse("did not reach the final state its replays predicted (it injects noise, keeps state between runs, "
+               "or is not affine in the denoised output)")
     log.info("distilled %s: %d calls, fit RMSE %.4g -> %.4g at the last call", name, len(call_sigmas),
              rmse_before[-1], rmse_after[-1])
 
