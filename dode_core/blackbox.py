@@ -136,7 +136,7 @@ def check_deterministic(model, x, sigmas, sampler, *, extra_args=None, options=N
             f"sampler '{name}' chose different steps in two runs on the same schedule; D-ODE needs a "
             "sampler with fixed steps (euler, heun, dpmpp_2m, lms, dpm_2, ipndm, deis, ...)."
         )
-    if not all(torch.equal(a, b) for a, b in zip(states_a, states_b)):
+    if not all(torch.equal(a, b) for a, b in zip(states_a, states_b, strict=True)):
         raise SamplerRefusedError(
             f"sampler '{name}' injects noise: two runs from the same latent with different seeds gave "
             "different results. D-ODE needs a deterministic ODE sampler (euler, heun, dpmpp_2m, lms, "

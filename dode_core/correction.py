@@ -30,7 +30,7 @@ def apply_correction(denoised: torch.Tensor, terms: list[torch.Tensor], lambdas_
     if not terms or not bool(lambdas_k.any()):
         return denoised
     corrected = denoised.clone()
-    for lam, term in zip(lambdas_k.to(denoised.device), terms):
+    for lam, term in zip(lambdas_k.to(denoised.device), terms, strict=False):  # λ beyond the terms are 0
         if lam.dim() == 1:  # one λ per latent channel (dim 1)
             lam = lam.view(1, -1, *([1] * (term.dim() - 2)))
         corrected += (lam * term).to(denoised.dtype)

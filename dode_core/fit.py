@@ -19,10 +19,12 @@ import datetime
 import json
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 
 from .blackbox import (
+    ModelCall,
     ModelProxy,
     SamplerRefusedError,
     check_deterministic,
@@ -195,80 +197,35 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
     log.info("teacher: %d model calls over %d sigmas", progress.done, len(grid))
 
     max_terms = AUTO_MAX_HISTORY if history == "auto" else history
-    student = _CheckedModel(model, progress, "student run")
+    model_calls = _CheckedModel(model, progress, "student run")
+    student = _Student(model, x, sigmas, sampler, call_sigmas, extra_args, options)
     accumulate_on = x.device if x.device.type in ("cpu", "cuda") else torch.device("cpu")  # float64 support
 
-    def replay_with(outputs):
-        return replay(model, x, sigmas, sampler, outputs, extra_args=extra_args, options=options)
-
-    def refuse(why: str):
-        raise SamplerRefusedError(f"sampler '{name}' {why}; D-ODE needs a deterministic ODE sampler with fixed "
-                                  "steps that is affine in the denoised output (euler, heun, dpmpp_2m, lms, dpm_2, ...).")
-
     lambdas = torch.zeros(len(call_sigmas), max_terms, dtype=torch.float32)
-    terms_used, rmse_before, rmse_after = [], [], []
+    fits: list[_CallFit] = []
     raw, corrected = [], []
-    predicted = None  # the state the fit expects the sampler to pass next (checked on the next replay)
-    predicted_scale = 0.0  # norm of the terms summed into `predicted`, for the rounding tolerance
-    for k, sigma_k in enumerate(call_sigmas):
-        call, _ = replay_with(corrected)
-        if call is None or not math.isclose(sigma_value(call.sigma), sigma_k, rel_tol=1e-5, abs_tol=1e-8):
-            refuse(f"did not make model call {k} at sigma {sigma_k:.4g} when replayed (it adapts its steps)")
-        if predicted is not None and not close_enough(call.x, predicted, predicted_scale):
-            refuse(f"did not reach the state its replays predicted at call {k} (it injects noise, keeps state "
-                   "between runs, or is not affine in the denoised output)")
-        denoised = student(call.x, call.sigma, **call.extra_args)
+    for k in range(len(call_sigmas)):
+        call = student.call(corrected, fits[-1] if fits else None)
+        denoised = model_calls(call.x, call.sigma, **call.extra_args)
         raw.append(denoised)
         terms = differences(raw, max_terms)
         del raw[: -(max_terms + 1)]
+        x_zero, vs = student.affine_next_state(corrected, denoised, terms, accumulate_on)
+        fits.append(fit_call(x_zero, vs, targets[k].to(accumulate_on, torch.float64), history, max_terms))
+        lambdas[k] = fits[-1].lambdas.float().cpu()
+        corrected.append(apply_correction(denoised, terms, lambdas[k, : len(terms)]))
+    student.check_final(corrected, fits[-1])
 
-        x_zero = _next_state(replay_with(corrected + [denoised]), k, len(call_sigmas), refuse)
-        target = targets[k].to(accumulate_on, torch.float64)
-        residual = target - x_zero.to(accumulate_on, torch.float64)
-        lam_k = torch.zeros(max_terms, dtype=torch.float64, device=accumulate_on)
-        if terms:
-            vs = [_next_state(replay_with(corrected + [denoised + term]), k, len(call_sigmas), refuse)
-                  .to(accumulate_on, torch.float64) - x_zero.to(accumulate_on, torch.float64) for term in terms]
-            x_half = _next_state(replay_with(corrected + [denoised + 0.5 * sum(terms)]), k, len(call_sigmas), refuse)
-            x_zero64 = x_zero.to(accumulate_on, torch.float64)
-            if not close_enough(x_half.to(accumulate_on), x_zero64 + 0.5 * sum(vs),
-                                float(x_zero64.norm()) + sum(float(v.norm()) for v in vs)):
-                refuse(f"is not affine in the denoised output at call {k} (the λ = 0, 1/2, 1 replays are not "
-                       "collinear)")
-            G, b, c = _batch_stats(vs, residual)
-            floor = (1e-6 * float(x_zero.double().norm())) ** 2
-            m = _choose_term_count(G, b, c, floor) if history == "auto" else len(terms)
-            lam_k[:m] = _solve(G.sum(0)[:m, :m], b.sum(0)[:m], floor)
-            lam_k = lam_k.float().double()  # the λ the file will hold
-            c_total = c.sum()
-            before, after = c_total, _residual_energy(G.sum(0), b.sum(0), c_total, lam_k[: len(terms)])
-            predicted = x_zero64 + sum(lam * v for lam, v in zip(lam_k, vs))
-            predicted_scale = float(x_zero64.norm()) + sum(abs(float(lam)) * float(v.norm()) for lam, v in zip(lam_k, vs))
-        else:
-            m, before = 0, (residual * residual).sum()
-            after, predicted, predicted_scale = before, x_zero, float(x_zero.double().norm())
-        lambdas[k] = lam_k.float().cpu()
-        denoised_tilde = apply_correction(denoised, terms, lambdas[k, : len(terms)])
-        corrected.append(denoised_tilde)
-        terms_used.append(m)
-        rmse_before.append(math.sqrt(max(float(before), 0.0) / residual.numel()))
-        rmse_after.append(math.sqrt(max(float(after), 0.0) / residual.numel()))
-
-    _, final = replay_with(corrected)
-    if final is None:
-        refuse(f"asked for more than the {len(call_sigmas)} model calls it made on a free probe run")
-    if not close_enough(final, predicted, predicted_scale):
-        refuse("did not reach the final state its replays predicted (it injects noise, keeps state between runs, "
-               "or is not affine in the denoised output)")
+    rmse_before = [math.sqrt(max(fit.energy_before, 0.0) / x.numel()) for fit in fits]
+    rmse_after = [math.sqrt(max(fit.energy_after, 0.0) / x.numel()) for fit in fits]
     log.info("distilled %s: %d calls, fit RMSE %.4g -> %.4g at the last call", name, len(call_sigmas),
              rmse_before[-1], rmse_after[-1])
-
     metadata = {
         "base_sampler": name,
         "steps": str(len(sigmas) - 1),
         "schedule": json.dumps([float(s) for s in sigmas.tolist()]),
         "history_mode": str(history),
-        "history_per_call": json.dumps(terms_used),
+        "history_per_call": json.dumps([fit.terms for fit in fits]),
         "teacher_sampler": sampler_name(teacher_sampler),
         "teacher_factor": str(teacher_factor),
         "teacher_calls": str(teacher_calls),
@@ -283,13 +240,101 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
     return Lambdas(lambdas=lambdas, call_sigmas=tuple(call_sigmas), metadata=metadata)
 
 
-def _next_state(result, k: int, calls: int, refuse) -> torch.Tensor:
-    """The state after call k from a replay: the next call's input, or the result after the last call."""
-    call, final = result
-    if k == calls - 1:
+@dataclass
+class _CallFit:
+    """The fit of one call: its λ, the terms used, the squared error of the next state before (λ = 0) and
+    after, and the next state the fitted λ predict (checked against the next replay)."""
+
+    lambdas: torch.Tensor
+    terms: int
+    energy_before: float
+    energy_after: float
+    predicted: torch.Tensor
+    predicted_scale: float  # norm of what was summed into `predicted`, for the rounding tolerance
+
+
+def fit_call(x_zero: torch.Tensor, vs: list[torch.Tensor], target: torch.Tensor, history, max_terms: int) -> _CallFit:
+    """λ of one call from its replays: least squares of ``target - x_zero`` on the directions ``vs``."""
+    residual = target - x_zero
+    lam = torch.zeros(max_terms, dtype=torch.float64, device=x_zero.device)
+    if not vs:  # the first call has no earlier output to correct with
+        energy = float((residual * residual).sum())
+        return _CallFit(lam, 0, energy, energy, x_zero, float(x_zero.norm()))
+    G, b, c = _batch_stats(vs, residual)
+    floor = (1e-6 * float(x_zero.norm())) ** 2
+    terms = _choose_term_count(G, b, c, floor) if history == "auto" else len(vs)
+    G, b, c = G.sum(0), b.sum(0), c.sum()
+    lam[:terms] = _solve(G[:terms, :terms], b[:terms], floor)
+    lam = lam.float().double()  # exactly the λ the file will hold
+    used = lam[: len(vs)]
+    scale = float(x_zero.norm()) + sum(abs(float(w)) * float(v.norm()) for w, v in zip(used, vs, strict=True))
+    return _CallFit(
+        lambdas=lam,
+        terms=terms,
+        energy_before=float(c),
+        energy_after=float(_residual_energy(G, b, c, used)),
+        predicted=x_zero + sum(weight * v for weight, v in zip(used, vs, strict=True)),
+        predicted_scale=scale,
+    )
+
+
+class _Student:
+    """Replays of the student sampler over cached outputs, refusing it where it is not what the fit needs."""
+
+    def __init__(self, model, x, sigmas, sampler, call_sigmas, extra_args, options):
+        self.model, self.x, self.sigmas, self.sampler = model, x, sigmas, sampler
+        self.call_sigmas, self.extra_args, self.options = call_sigmas, extra_args, options
+
+    def refuse(self, why: str):
+        raise SamplerRefusedError(
+            f"sampler '{sampler_name(self.sampler)}' {why}; D-ODE needs a deterministic ODE sampler with fixed "
+            "steps that is affine in the denoised output (euler, heun, dpmpp_2m, lms, dpm_2, ...)."
+        )
+
+    def replay(self, outputs):
+        return replay(self.model, self.x, self.sigmas, self.sampler, outputs, extra_args=self.extra_args,
+                      options=self.options)
+
+    def call(self, outputs, previous: _CallFit | None) -> ModelCall:
+        """The input of call ``len(outputs)``, checked against its probed sigma and the fit's prediction."""
+        k = len(outputs)
+        call, _ = self.replay(outputs)
+        if call is None or not math.isclose(sigma_value(call.sigma), self.call_sigmas[k], rel_tol=1e-5, abs_tol=1e-8):
+            self.refuse(f"did not make model call {k} at sigma {self.call_sigmas[k]:.4g} when replayed (it adapts "
+                        "its steps)")
+        if previous is not None and not close_enough(call.x, previous.predicted, previous.predicted_scale):
+            self.refuse(f"did not reach the state its replays predicted at call {k} (it injects noise, keeps "
+                        "state between runs, or is not affine in the denoised output)")
+        return call
+
+    def next_state(self, outputs) -> torch.Tensor:
+        """The state after call ``len(outputs) - 1``: the next call's input, or the result after the last call."""
+        k, calls = len(outputs) - 1, len(self.call_sigmas)
+        call, final = self.replay(outputs)
+        if k == calls - 1 and final is None:
+            self.refuse(f"asked for more than the {calls} model calls it made on a free probe run")
+        if k < calls - 1 and call is None:
+            self.refuse(f"finished after {k + 1} model calls when replayed, but made {calls} on a free probe run")
+        return final if final is not None else call.x
+
+    def affine_next_state(self, corrected, denoised, terms, device):
+        """``x_next(0)`` and ``v_j = x_next(e_j) - x_next(0)`` in float64, after checking that the λ = 0, 1/2, 1
+        replays are collinear (the sampler is affine in the denoised output)."""
+        x_zero = self.next_state(corrected + [denoised]).to(device, torch.float64)
+        vs = [self.next_state(corrected + [denoised + term]).to(device, torch.float64) - x_zero for term in terms]
+        if terms:
+            x_half = self.next_state(corrected + [denoised + 0.5 * sum(terms)])
+            scale = float(x_zero.norm()) + sum(float(v.norm()) for v in vs)
+            if not close_enough(x_half.to(device), x_zero + 0.5 * sum(vs), scale):
+                self.refuse(f"is not affine in the denoised output at call {len(corrected)} (the λ = 0, 1/2, 1 "
+                            "replays are not collinear)")
+        return x_zero, vs
+
+    def check_final(self, corrected, last: _CallFit) -> None:
+        """The full replay with every corrected output must end where the fit predicted."""
+        _, final = self.replay(corrected)
         if final is None:
-            refuse(f"asked for more than the {calls} model calls it made on a free probe run")
-        return final
-    if call is None:
-        refuse(f"finished after {k + 1} model calls when replayed, but made {calls} on a free probe run")
-    return call.x
+            self.refuse(f"asked for more than the {len(self.call_sigmas)} model calls it made on a free probe run")
+        if not close_enough(final, last.predicted, last.predicted_scale):
+            self.refuse("did not reach the final state its replays predicted (it injects noise, keeps state "
+                        "between runs, or is not affine in the denoised output)")

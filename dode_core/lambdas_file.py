@@ -98,7 +98,7 @@ class Lambdas:
         call_sigmas = [float(s) for s in call_sigmas]
         same_count = len(call_sigmas) == len(self.call_sigmas)
         if same_count and all(
-            math.isclose(a, b, rel_tol=rtol, abs_tol=1e-8) for a, b in zip(call_sigmas, self.call_sigmas)
+            math.isclose(a, b, rel_tol=rtol, abs_tol=1e-8) for a, b in zip(call_sigmas, self.call_sigmas, strict=True)
         ):
             return
         steps = self.metadata.get("steps", "?")

@@ -31,7 +31,7 @@ def teacher_sigmas(sigmas, call_sigmas, factor: int, rho: float = 7.0) -> tuple[
     """
     points = student_points(sigmas, call_sigmas)
     grid = [points[0]]
-    for a, b in zip(points[:-1], points[1:]):
+    for a, b in zip(points[:-1], points[1:], strict=True):
         a_root, b_root = a ** (1 / rho), b ** (1 / rho)
         grid += [(a_root + t / factor * (b_root - a_root)) ** rho for t in range(1, factor)]
         grid.append(b)  # exact, not re-rounded through the power

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One entry for a fresh machine: sets up .venv on first use, then runs what you ask for.
+#   bash run.sh demo [flags]    the main job: D-ODE on the embedded demo model, CPU only
+#   bash run.sh test            ruff + the whole test suite
+#   bash run.sh bench [flags]   the benchmark (held-out error, wall time, model calls)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV="${DODE_VENV:-.venv}"
+# torch with torchvision (k-diffusion needs it); override for another platform, e.g. a CUDA or ROCm build.
+TORCH_SPEC="${DODE_TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
+
+setup() {
+    local stamp="$VENV/.dode-stamp" want
+    want="$(cat requirements-dev.txt requirements.txt; echo "$TORCH_SPEC")"
+    if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return
+    fi
+    echo "run.sh: setting up $VENV (first run only; a few minutes)" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    # shellcheck disable=SC2086
+    "$VENV/bin/python" -m pip install --quiet $TORCH_SPEC
+    "$VENV/bin/python" -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+    printf '%s' "$want" > "$stamp"
+}
+
+command="${1:-}"
+shift || true
+case "$command" in
+    demo)  setup; exec "$VENV/bin/python" -m dode_core demo "$@" ;;
+    test)  setup; "$VENV/bin/ruff" check . && exec "$VENV/bin/python" -m pytest "$@" ;;
+    bench) setup; exec "$VENV/bin/python" bench/bench.py "$@" ;;
+    *) echo "usage: bash run.sh demo|test|bench [args]" >&2; exit 2 ;;
+esac
