@@ -16,6 +16,11 @@ from .blackbox import ModelProxy, probe_call_sigmas, sampler_name, sigma_value
 from .lambdas_file import SIGMA_RTOL, Lambdas, ScheduleMismatchError
 
 
+def working_precision(denoised: torch.Tensor) -> torch.Tensor:
+    """At least float32: history terms and corrections of a float16/bfloat16 model are formed without re-rounding."""
+    return denoised.to(torch.promote_types(denoised.dtype, torch.float32))
+
+
 def differences(raw_outputs: list[torch.Tensor], history: int) -> list[torch.Tensor]:
     """The history terms at the newest call: ``[D_k - D_{k-1}, D_{k-1} - D_{k-2}, ...]``, at most ``history``."""
     count = min(history, len(raw_outputs) - 1)
@@ -25,15 +30,16 @@ def differences(raw_outputs: list[torch.Tensor], history: int) -> list[torch.Ten
 def apply_correction(denoised: torch.Tensor, terms: list[torch.Tensor], lambdas_k: torch.Tensor) -> torch.Tensor:
     """``D~ = D + sum_j lambdas_k[j] * terms[j]``; ``lambdas_k`` is (history,) or (history, channels).
 
-    All-zero λ return ``denoised`` itself, so λ = 0 reproduces the base sampler bit for bit.
+    All-zero λ return ``denoised`` itself, so λ = 0 reproduces the base sampler bit for bit. Otherwise the
+    sum is formed in at least float32: a float16 model's output is not rounded again after the correction.
     """
     if not terms or not bool(lambdas_k.any()):
         return denoised
-    corrected = denoised.clone()
+    corrected = working_precision(denoised).clone()
     for lam, term in zip(lambdas_k.to(denoised.device), terms, strict=False):  # λ beyond the terms are 0
         if lam.dim() == 1:  # one λ per latent channel (dim 1)
             lam = lam.view(1, -1, *([1] * (term.dim() - 2)))
-        corrected += (lam * term).to(denoised.dtype)
+        corrected += lam * term
     return corrected
 
 
@@ -59,7 +65,7 @@ class DODEDenoiser(ModelProxy):
                 f"(it has {self.lam.calls} calls); the sampler chose steps of its own."
             )
         denoised = self.inner(x, sigma, **extra_args)
-        self.raw_outputs.append(denoised)
+        self.raw_outputs.append(working_precision(denoised))
         del self.raw_outputs[: -(self.lam.history + 1)]
         return apply_correction(denoised, differences(self.raw_outputs, self.lam.history), self.lam.lambdas[k])
 

@@ -34,7 +34,7 @@ from .blackbox import (
     sampler_name,
     sigma_value,
 )
-from .correction import apply_correction, differences
+from .correction import apply_correction, differences, working_precision
 from .lambdas_file import Lambdas, format_sigmas
 from .teacher import grid_index, teacher_sigmas
 from .version import __version__
@@ -63,6 +63,7 @@ class _CheckedModel(ModelProxy):
     def __init__(self, model, progress: _Progress, role: str):
         super().__init__(model)
         self.progress, self.role = progress, role
+        self.dtype = ""  # of the last output, recorded in the λ file
 
     def __call__(self, x, sigma, **extra_args):
         denoised = self.inner(x, sigma, **extra_args)
@@ -75,6 +76,7 @@ class _CheckedModel(ModelProxy):
                              f"at sigma {sigma_value(sigma):.4g}; no λ were fitted. Check the model and its "
                              "precision (try float32 or bfloat16 instead of float16).")
         self.progress.step()
+        self.dtype = str(denoised.dtype).removeprefix("torch.")
         return denoised
 
 
@@ -206,7 +208,8 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
     raw, corrected = [], []
     for k in range(len(call_sigmas)):
         call = student.call(corrected, fits[-1] if fits else None)
-        denoised = model_calls(call.x, call.sigma, **call.extra_args)
+        # replays see at least float32, so that λ = 0, 1/2, 1 differ only by the correction, not by rounding
+        denoised = working_precision(model_calls(call.x, call.sigma, **call.extra_args))
         raw.append(denoised)
         terms = differences(raw, max_terms)
         del raw[: -(max_terms + 1)]
@@ -231,7 +234,7 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
         "teacher_calls": str(teacher_calls),
         "batch_size": str(x.shape[0]),
         "latent_shape": json.dumps(list(x.shape[1:])),
-        "model_dtype": str(corrected[-1].dtype).removeprefix("torch."),
+        "model_dtype": model_calls.dtype,
         "fit_rmse_before": json.dumps(rmse_before),
         "fit_rmse_after": json.dumps(rmse_after),
         "plugin_version": __version__,
@@ -320,10 +323,14 @@ class _Student:
     def affine_next_state(self, corrected, denoised, terms, device):
         """``x_next(0)`` and ``v_j = x_next(e_j) - x_next(0)`` in float64, after checking that the λ = 0, 1/2, 1
         replays are collinear (the sampler is affine in the denoised output)."""
+        def state_with(lambdas_k: torch.Tensor) -> torch.Tensor:
+            return self.next_state(corrected + [apply_correction(denoised, terms, lambdas_k)])
+
         x_zero = self.next_state(corrected + [denoised]).to(device, torch.float64)
-        vs = [self.next_state(corrected + [denoised + term]).to(device, torch.float64) - x_zero for term in terms]
+        unit = torch.eye(len(terms))
+        vs = [state_with(unit[j]).to(device, torch.float64) - x_zero for j in range(len(terms))]
         if terms:
-            x_half = self.next_state(corrected + [denoised + 0.5 * sum(terms)])
+            x_half = state_with(torch.full((len(terms),), 0.5))
             scale = float(x_zero.norm()) + sum(float(v.norm()) for v in vs)
             if not close_enough(x_half.to(device), x_zero + 0.5 * sum(vs), scale):
                 self.refuse(f"is not affine in the denoised output at call {len(corrected)} (the λ = 0, 1/2, 1 "

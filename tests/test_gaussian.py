@@ -94,3 +94,20 @@ def test_fitted_lambdas_reduce_the_error_to_the_exact_solution(K, karras, gaussi
     dode_error = rel_error(sample(gaussian, held_out, sigmas, sampler, lam, disable=True), exact)
     print(f"{name} history={history}: base {base_error:.3g}, D-ODE {dode_error:.3g}")
     assert dode_error < 0.2 * base_error
+
+
+@pytest.mark.parametrize("output_dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_model_outputs_are_fitted_in_float64(K, karras, gaussian, output_dtype):
+    """GPU users' models answer in float16/bfloat16 while the sampler state stays float32."""
+
+    def half_model(x, sigma, **extra_args):
+        return gaussian(x, sigma).to(output_dtype)
+
+    sigmas = karras(5, dtype=torch.float32)
+    x = torch.randn(16, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * SIGMA_MAX
+    lam = distill(half_model, x, sigmas, K.sample_dpmpp_2m)
+    assert lam.metadata["model_dtype"] == str(output_dtype).removeprefix("torch.")
+    exact = gaussian.ode_solution(x.double(), SIGMA_MAX, 0.0)
+    base_error = rel_error(K.sample_dpmpp_2m(half_model, x, sigmas, disable=True).double(), exact)
+    dode_error = rel_error(sample(half_model, x, sigmas, K.sample_dpmpp_2m, lam, disable=True).double(), exact)
+    assert dode_error < 0.5 * base_error, (base_error, dode_error)
