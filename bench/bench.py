@@ -16,6 +16,7 @@ import argparse
 import functools
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -27,13 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # raised by k_diffusion's clip import
 
-import torch
-from k_diffusion import sampling as ks
-from models import KDEDenoiser, digits_data  # tests/models.py
+import torch  # noqa: E402
+from k_diffusion import sampling as ks  # noqa: E402
 
-from dode_core import distill, sample
-from dode_core.blackbox import probe_call_sigmas, sampler_name
-from dode_core.teacher import teacher_sigmas
+from dode_core import distill, sample  # noqa: E402
+from dode_core.blackbox import probe_call_sigmas, sampler_name  # noqa: E402
+from dode_core.teacher import teacher_sigmas  # noqa: E402
+from models import KDEDenoiser, digits_data  # noqa: E402  (tests/models.py)
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 REFERENCE_FACTOR = 40
@@ -43,6 +44,7 @@ TIMING_SAMPLERS = (ks.sample_euler, ks.sample_dpmpp_2m)
 COUNT_SAMPLERS = (ks.sample_euler, ks.sample_heun, ks.sample_dpmpp_2m)
 HISTORIES = (1, 2, "auto")
 WALL_RATIO_TARGET = 1.02
+FREE_REPEATS, FREE_BUDGET_S = 200, 4.0  # runs on the free model, to time D-ODE's own cost
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class Config:
     count_nfe: int
 
 
-FULL = Config(fit_batch=128, heldout_batch=256, nfes=(4, 6, 10), timing_steps=10, timing_repeats=9,
+FULL = Config(fit_batch=128, heldout_batch=256, nfes=(4, 6, 10), timing_steps=10, timing_repeats=15,
               min_call_ms=20.0, count_batch=16, count_nfe=10)
 QUICK = Config(fit_batch=32, heldout_batch=64, nfes=(4, 6), timing_steps=10, timing_repeats=5,
                min_call_ms=20.0, count_batch=8, count_nfe=6)
@@ -191,38 +193,70 @@ def build_timed_model(min_call_ms: float) -> tuple[ConvDenoiser, float]:
         depth *= 2
 
 
+def free_model(x, sigma, **extra_args):
+    """A denoiser that costs next to nothing, to time what D-ODE adds around the model alone."""
+    return x * 0.5
+
+
+def interleaved_times(run_a, run_b, repeats: int, budget_s: float = math.inf) -> tuple[list[float], list[float]]:
+    """Wall times of ``run_a`` and ``run_b``, alternated ``repeats`` times each (fewer once ``budget_s`` is
+    spent) after one warm-up of each."""
+    run_a(), run_b()
+    times_a, times_b = [], []
+    deadline = time.perf_counter() + budget_s
+    while len(times_a) < repeats and (not times_a or time.perf_counter() < deadline):
+        times_a.append(wall_seconds(run_a))
+        times_b.append(wall_seconds(run_b))
+    return times_a, times_b
+
+
 def timing_row(model, x, sampler, steps: int, repeats: int) -> dict:
-    """Median wall time of the base sampler and of ``sample`` with fitted λ, timed interleaved."""
+    """Base sampler vs ``sample`` with fitted λ: wall times (interleaved) and D-ODE's own cost.
+
+    The own cost (the probe run, history terms, correction) is timed on ``free_model``: the fastest of many
+    runs, so it stays readable when other processes take the CPU; ``implied`` is the ratio it gives here.
+    """
     sigmas = karras(steps, torch.float32)
     lam = distill(model, x, sigmas, sampler, teacher_factor=2, history=1)
 
-    def run_base():
-        return sampler(model, x.clone(), sigmas, disable=True)
+    def runner(denoiser, dode: bool):
+        if dode:
+            return lambda: sample(denoiser, x.clone(), sigmas, sampler, lam, disable=True)
+        return lambda: sampler(denoiser, x.clone(), sigmas, disable=True)
 
-    def run_dode():
-        return sample(model, x.clone(), sigmas, sampler, lam, disable=True)
-
-    run_base(), run_dode()  # warm-up
-    base_times, dode_times = [], []
-    for _ in range(repeats):
-        base_times.append(wall_seconds(run_base))
-        dode_times.append(wall_seconds(run_dode))
+    base_times, dode_times = interleaved_times(runner(model, False), runner(model, True), repeats)
+    free_base, free_dode = interleaved_times(runner(free_model, False), runner(free_model, True), FREE_REPEATS,
+                                             budget_s=FREE_BUDGET_S)
+    _, probe_times = interleaved_times(lambda: None, lambda: probe_call_sigmas(free_model, x, sigmas, sampler),
+                                       FREE_REPEATS, budget_s=FREE_BUDGET_S / 2)
     base, dode = statistics.median(base_times), statistics.median(dode_times)
-    return {"sampler": sampler_name(sampler), "calls": lam.calls, "base": base, "dode": dode, "ratio": dode / base}
+    own, probe = max(min(free_dode) - min(free_base), 0.0), min(probe_times)
+    return {"sampler": sampler_name(sampler), "calls": lam.calls, "base": base, "dode": dode, "ratio": dode / base,
+            "min_ratio": min(dode_times) / min(base_times), "own": own, "probe": probe, "free_runs": len(free_base),
+            "implied": (base + own) / base}
 
 
 def timing_section(config: Config) -> tuple[str, list[dict]]:
     """The overhead table: per-call model time, base and D-ODE wall time, their ratio."""
+    load_before = os.getloadavg()[0]
     with torch.no_grad():
         model, call_ms = build_timed_model(config.min_call_ms)
         x = timing_latent()
         rows = [timing_row(model, x, sampler, config.timing_steps, config.timing_repeats)
                 for sampler in TIMING_SAMPLERS]
-    header = ["sampler", "model calls", "model ms/call", "base s", "D-ODE s", "ratio D-ODE/base"]
+    header = ["sampler", "model calls", "model ms/call", "base s", "D-ODE s", "ratio D-ODE/base", "ratio of minima",
+              "D-ODE own ms/run (probe)", "implied ratio"]
     body = [[row["sampler"], str(row["calls"]), f"{call_ms:.1f}", f"{row['base']:.3f}", f"{row['dode']:.3f}",
-             f"{row['ratio']:.4f}"] for row in rows]
+             f"{row['ratio']:.4f}", f"{row['min_ratio']:.4f}", f"{1e3 * row['own']:.2f} ({1e3 * row['probe']:.2f})",
+             f"{row['implied']:.4f}"] for row in rows]
     note = (f"conv net: depth {model.depth} x 64 channels, latent (4, 4, 64, 64) float32, "
-            f"{torch.get_num_threads()} threads, median of {config.timing_repeats} interleaved runs")
+            f"{torch.get_num_threads()} threads on {os.cpu_count()} CPUs, load average {load_before:.1f} -> "
+            f"{os.getloadavg()[0]:.1f}; times are medians of {config.timing_repeats} interleaved runs; 'own' is "
+            f"sample() minus the base sampler on a free model, 'probe' the schedule probe inside it (fastest of "
+            f"{min(row['free_runs'] for row in rows)}+ runs each)")
+    if max(load_before, os.getloadavg()[0]) > (os.cpu_count() or 1):
+        note += ("\n\n**warning: the machine was busy (load above its CPU count); multi-threaded small tensor ops "
+                 "then wait for descheduled threads, so these times, the free-model ones most, are inflated.**")
     return markdown_table(header, body) + "\n\n" + note, rows
 
 
@@ -277,9 +311,11 @@ def summary(accuracy: list[dict], timing: list[dict], counts: list[dict], second
     wins = ", ".join(f"h={h} better in {sum(r < 1 for r in ratios[h])}/{len(accuracy)} "
                      f"(median ratio {statistics.median(ratios[h]):.3f})" for h in HISTORIES)
     worst = max(timing, key=lambda row: row["ratio"])
+    implied = max(row["implied"] for row in timing)
     equal = sum(row["distill"] == row["direct"] for row in counts)
     return (f"summary: RMSE vs base: {wins}; worst wall ratio {worst['ratio']:.4f} ({worst['sampler']}, target <= "
-            f"{WALL_RATIO_TARGET}); distill calls == teacher + student for {equal}/{len(counts)} samplers; "
+            f"{WALL_RATIO_TARGET}; implied by D-ODE's own cost <= {implied:.4f}); "
+            f"distill calls == teacher + student for {equal}/{len(counts)} samplers; "
             f"total {seconds:.0f} s")
 
 
