@@ -1,0 +1,99 @@
+"""The main job (``python -m dode_core demo``) end to end at a small size, and ``inspect`` on good and bad files."""
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from PIL import Image
+
+from dode_core import load_lambdas
+from dode_core.cli import main
+
+SHIPPED = sorted(glob.glob(os.path.join(ROOT, "lambdas", "*.safetensors")))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("report"))
+    assert main(["demo", "--samplers", "euler,dpmpp_2m", "--nfe", "6", "--batch", "16", "--eval-batch", "32",
+                 "--teacher-factor", "4", "--out", out]) == 0
+    return out
+
+
+def table_rows(markdown: str):
+    """(sampler, calls, rmse_base, rmse_dode, fd_base, fd_dode) per table row."""
+    rows = []
+    for line in markdown.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 8 and re.fullmatch(r"\d+", cells[2]):
+            rows.append((cells[0], int(cells[2]), *map(float, (cells[3], cells[4], cells[6], cells[7]))))
+    return rows
+
+
+def test_the_demo_writes_a_complete_report(report, capsys):
+    for name, minimum_size in (("grid.png", (300, 60)), ("lambdas.png", (400, 300))):
+        with Image.open(os.path.join(report, name)) as image:
+            image.verify()
+        with Image.open(os.path.join(report, name)) as image:
+            assert image.format == "PNG" and image.size >= minimum_size
+    markdown = open(os.path.join(report, "report.md"), encoding="utf-8").read()
+    assert "| sampler | steps | model calls | RMSE base | RMSE D-ODE |" in markdown
+    assert [row[:2] for row in table_rows(markdown)] == [("euler", 6), ("dpmpp_2m", 6)]
+    files = sorted(glob.glob(os.path.join(report, "lambdas", "*.safetensors")))
+    assert [os.path.basename(f) for f in files] == ["demo-digits16_dpmpp_2m_6steps_karras_h1.safetensors",
+                                                    "demo-digits16_euler_6steps_karras_h1.safetensors"]
+    for path in files:
+        lam = load_lambdas(path)
+        assert lam.metadata["model"] == "dode demo digits16" and len(lam.metadata["model_fingerprint"]) == 16
+
+
+def test_dode_rows_beat_the_base_rows(report):
+    rows = table_rows(open(os.path.join(report, "report.md"), encoding="utf-8").read())
+    for sampler, calls, rmse_base, rmse_dode, fd_base, fd_dode in rows:
+        assert rmse_dode < 0.9 * rmse_base, (sampler, calls, rmse_base, rmse_dode)
+        assert fd_dode < fd_base, (sampler, calls, fd_base, fd_dode)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--nfe", "4,x"], "argument --nfe: expected comma-separated integers, got '4,x'"),
+    (["--nfe", "1"], "argument --nfe: expected model-call budgets from 2 to 100"),
+    (["--samplers", "euler_ancestral"], "unknown sampler(s) euler_ancestral; choose from euler, heun"),
+    (["--history", "9"], "argument --history: expected 1, 2, 3 or auto, got '9'"),
+    (["--batch", "0"], "argument --batch: expected an integer >= 1, got 0"),
+])
+def test_bad_flags_give_a_usage_error_not_a_traceback(capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", *flags])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "usage: python -m dode_core demo" in error and message in error and "Traceback" not in error
+
+
+def run_inspect(*paths):
+    return subprocess.run([sys.executable, "-m", "dode_core", "inspect", *paths], capture_output=True, text=True,
+                          cwd=ROOT)
+
+
+def test_every_shipped_lambda_file_is_valid():
+    assert SHIPPED, "lambdas/ ships the demo model's λ files"
+    result = run_inspect(*SHIPPED)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("VALID ") == len(SHIPPED)
+    assert "call  1  sigma" in result.stdout and "schedule: [80," in result.stdout
+
+
+def test_inspect_rejects_a_corrupted_copy_with_the_reason(tmp_path):
+    corrupted = tmp_path / "corrupted.safetensors"
+    shutil.copy(SHIPPED[0], corrupted)
+    data = bytearray(corrupted.read_bytes())
+    corrupted.write_bytes(bytes(data[: len(data) // 2]))
+    result = run_inspect(SHIPPED[0], str(corrupted))
+    assert result.returncode == 1
+    assert f"VALID {SHIPPED[0]}" in result.stdout
+    assert f"INVALID {corrupted}: not a readable safetensors file" in result.stdout
+    assert "Traceback" not in result.stderr
