@@ -9,7 +9,6 @@ import logging
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
-WEB_DIRECTORY = None
 
 if importlib.util.find_spec("comfy") is not None:
     try:
