@@ -148,7 +148,8 @@ def check_deterministic(model, x, sigmas, sampler, *, extra_args=None, options=N
 def replay(model, x, sigmas, sampler, outputs, *, extra_args=None, options=None):
     """Run ``sampler`` with ``outputs`` as the model's answers to its first calls.
 
-    Returns the ``ModelCall`` of the next call, or ``None`` and the final state if the sampler finished.
+    Returns ``(next_call, None)`` when it asks for one more call (a ``ModelCall``), ``(None, final_state)``
+    when it finished.
     """
     replayer = _Replayer(model, outputs)
     try:
