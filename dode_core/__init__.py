@@ -5,7 +5,7 @@
 No host (ComfyUI, A1111, Forge) is imported here; hosts pass their own sampler functions in.
 """
 
-from .blackbox import SamplerRefusedError
+from .blackbox import SamplerRefusedError, probe_call_sigmas
 from .correction import DODEDenoiser, make_sampler, sample
 from .fit import distill
 from .lambdas_file import LambdaFileError, Lambdas, ScheduleMismatchError, load_lambdas
@@ -21,5 +21,6 @@ __all__ = [
     "distill",
     "load_lambdas",
     "make_sampler",
+    "probe_call_sigmas",
     "sample",
 ]

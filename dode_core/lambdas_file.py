@@ -74,6 +74,10 @@ class Lambdas:
 
     def to_file_dict(self, **extra_metadata) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """The (tensors, metadata) pair written to disk, with ``extra_metadata`` merged in as strings."""
+        fitted = [key for key in extra_metadata if key in REQUIRED_FIELDS or key in LIST_FIELDS]
+        if fitted:
+            raise LambdaFileError(f"fields {fitted} are written by the fit and cannot be set when saving; "
+                                  "put host information under other names (model, cfg, seed, prompt, ...).")
         metadata = dict(self.metadata)
         metadata.update({key: _as_string(value) for key, value in extra_metadata.items()})
         metadata["format"] = FORMAT

@@ -12,8 +12,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dode_core import sample
-from dode_core.blackbox import probe_call_sigmas, sampler_name
+from dode_core import probe_call_sigmas, sample
+from dode_core.blackbox import sampler_name
 
 from .distill_job import DistillRequest, run_distill_job
 from .lambda_files import infotext_fields, resolve_lambdas

@@ -169,3 +169,9 @@ def test_a_schedule_mismatch_shows_both_schedules(K, karras, tmp_path):
     assert "Use the scheduler, step count and denoise the λ file was made with" in message
     # a small relative difference (float32 vs float64 schedules) is accepted
     sample(gaussian, x.float(), karras(4, dtype=torch.float32), K.sample_euler, lam)
+
+
+def test_saving_cannot_overwrite_what_the_fit_wrote(tmp_path, lam):
+    with pytest.raises(LambdaFileError, match=r"fields \['steps', 'call_sigmas'\] are written by the fit"):
+        lam.save(tmp_path / "x.safetensors", steps=9, call_sigmas=[1.0], cfg=7)
+    assert os.listdir(tmp_path) == []
