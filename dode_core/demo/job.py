@@ -9,6 +9,8 @@ plot of λ and of the fit error per call, the table as markdown, and the λ file
 from __future__ import annotations
 
 import hashlib
+import importlib
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -137,15 +139,11 @@ def run_demo(samplers, budgets, *, batch: int, eval_batch: int, teacher_factor: 
 
 def _reference_sampler(samplers):
     """k-diffusion's Heun, taken from the module the given samplers come from."""
-    import importlib
-
     module = importlib.import_module(samplers[0].__module__)
     return getattr(module, f"sample_{REFERENCE_SAMPLER}")
 
 
 def _floats(text: str) -> list[float]:
-    import json
-
     return [float(v) for v in json.loads(text)]
 
 
