@@ -10,7 +10,8 @@ import logging
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
 
-if importlib.util.find_spec("comfy") is not None:
+# both of ComfyUI's top-level modules: a folder named "comfy" elsewhere on sys.path is not ComfyUI
+if all(importlib.util.find_spec(name) is not None for name in ("comfy", "folder_paths")):
     try:
         from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
     except Exception:  # one broken plugin must not take ComfyUI down

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry for a fresh machine: sets up .venv on first use, then runs what you ask for.
 #   bash run.sh demo [flags]    the main job: D-ODE on the embedded demo model, CPU only
-#   bash run.sh test            ruff + the whole test suite
+#   bash run.sh test            ruff + the whole test suite (incl. a real ComfyUI 0.3.75 server on 127.0.0.1)
 #   bash run.sh bench [flags]   the benchmark (held-out error, wall time, model calls)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -25,11 +25,25 @@ setup() {
     printf '%s' "$want" > "$stamp"
 }
 
+# The ComfyUI server tests also need ComfyUI's own requirements (test-only; torch stays as installed).
+setup_comfy_tests() {
+    local stamp="$VENV/.dode-comfy-stamp" want constraints
+    want="$(cat requirements-comfy-test.txt; echo "$TORCH_SPEC")"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return
+    fi
+    constraints="$(mktemp)"
+    "$VENV/bin/python" -c 'import torch, torchvision; print(f"torch=={torch.__version__}\ntorchvision=={torchvision.__version__}")' > "$constraints"
+    "$VENV/bin/python" -m pip install --quiet -r requirements-comfy-test.txt -c "$constraints"
+    rm -f "$constraints"
+    printf '%s' "$want" > "$stamp"
+}
+
 command="${1:-}"
 shift || true
 case "$command" in
     demo)  setup; exec "$VENV/bin/python" -m dode_core demo "$@" ;;
-    test)  setup; "$VENV/bin/ruff" check . && exec "$VENV/bin/python" -m pytest "$@" ;;
+    test)  setup; setup_comfy_tests; "$VENV/bin/ruff" check . && exec "$VENV/bin/python" -m pytest "$@" ;;
     bench) setup; exec "$VENV/bin/python" bench/bench.py "$@" ;;
     *) echo "usage: bash run.sh demo|test|bench [args]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,79 @@
+"""Opt-in (DODE_KSAMPLER_ENTRIES=1): "dode_<sampler>" entries in the plain KSampler dropdown.
+
+Off by default: it mutates ComfyUI's global sampler lists, which other packs snapshot (COMBO links then break
+with "Return type mismatch"), and the plain KSampler cannot say which λ file to use; these entries pick the
+newest file in models/dode_lambdas whose base sampler and model-call sigmas match the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+ENV = "DODE_KSAMPLER_ENTRIES"
+ENTRY_SAMPLERS = ("euler", "heun", "dpmpp_2m", "lms", "dpm_2", "ipndm", "deis")
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _auto_function(base_name: str):
+    import comfy.k_diffusion.sampling
+    import folder_paths
+
+    from ._core import dode_core
+    from .folder import FOLDER
+
+    base = getattr(comfy.k_diffusion.sampling, "sample_" + base_name)
+
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+        call_sigmas, _ = dode_core.probe_call_sigmas(model, x, sigmas, base, extra_args=extra_args, options=options)
+        candidates, seen = [], []
+        for name in folder_paths.get_filename_list(FOLDER):
+            path = folder_paths.get_full_path(FOLDER, name)
+            try:
+                lam = dode_core.load_lambdas(path)
+                if lam.base_sampler != base_name:
+                    continue
+                seen.append(f"  {name}: {dode_core.lambdas_file.format_sigmas(lam.call_sigmas)}")
+                lam.check_call_sigmas(call_sigmas)
+            except ValueError:
+                continue
+            candidates.append((os.path.getmtime(path), name, lam))
+        if not candidates:
+            raise dode_core.ScheduleMismatchError(
+                f"dode_{base_name}: no λ file in models/dode_lambdas fits this run's {len(call_sigmas)} model calls "
+                f"{dode_core.lambdas_file.format_sigmas(call_sigmas)}.\nFiles for {base_name}:\n"
+                + ("\n".join(seen) or "  (none)") + "\nDistill λ for this schedule with 'Distill λ (D-ODE)'.")
+        _, name, lam = max(candidates, key=lambda c: c[0])
+        log.info("dode_%s: using %s", base_name, name)
+        return dode_core.sample(model, x, sigmas, base, lam, extra_args=extra_args, callback=callback,
+                                disable=disable, **options)
+
+    sample.__name__ = f"sample_dode_{base_name}"
+    return sample
+
+
+def install_if_enabled() -> list[str]:
+    """Add the entries in place (never rebinding the lists) and idempotently; returns the names added."""
+    if not enabled():
+        return []
+    import comfy.k_diffusion.sampling
+    import comfy.samplers
+
+    added = []
+    for base_name in ENTRY_SAMPLERS:
+        if not hasattr(comfy.k_diffusion.sampling, "sample_" + base_name):
+            continue
+        name = "dode_" + base_name
+        if not hasattr(comfy.k_diffusion.sampling, "sample_" + name):
+            setattr(comfy.k_diffusion.sampling, "sample_" + name, _auto_function(base_name))
+        for names in (comfy.samplers.KSAMPLER_NAMES, comfy.samplers.SAMPLER_NAMES):
+            if name not in names:
+                names.append(name)
+                added.append(name)
+    if added:
+        log.info("D-ODE: added %s to the KSampler dropdown (%s=1)", sorted(set(added)), ENV)
+    return added

@@ -1,0 +1,58 @@
+"""An IMAGE of a fit: λ per model call, and the fit error per call before (λ = 0) and after. PIL only."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+WIDTH, HEIGHT, PAD = 768, 320, 36
+
+
+def _panel(draw, box, series, title, colors, labels, zero_line=False):
+    x0, y0, x1, y1 = box
+    draw.rectangle(box, outline=(90, 90, 90))
+    draw.text((x0 + 4, y0 - 16), title, fill=(230, 230, 230))
+    values = [v for s in series for v in s] or [0.0]
+    low, high = min(min(values), 0.0), max(max(values), 0.0)
+    if high - low < 1e-12:
+        high = low + 1.0
+    draw.text((x0 - PAD + 2, y0), f"{high:.3g}", fill=(180, 180, 180))
+    draw.text((x0 - PAD + 2, y1 - 12), f"{low:.3g}", fill=(180, 180, 180))
+
+    def point(i, v, n):
+        px = x0 + 6 + (x1 - x0 - 12) * (i / max(n - 1, 1))
+        py = y1 - 4 - (y1 - y0 - 8) * (v - low) / (high - low)
+        return px, py
+
+    if zero_line:
+        zy = point(0, 0.0, 1)[1]
+        draw.line([(x0, zy), (x1, zy)], fill=(120, 120, 120))
+    for k, (s, color, label) in enumerate(zip(series, colors, labels, strict=False)):
+        pts = [point(i, v, len(s)) for i, v in enumerate(s)]
+        if len(pts) > 1:
+            draw.line(pts, fill=color, width=2)
+        for px, py in pts:
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
+        draw.text((x1 - 150, y0 + 4 + 14 * k), label, fill=color)
+
+
+def plot_fit(lam) -> torch.Tensor:
+    """(1, H, W, 3) float image in [0, 1]."""
+    image = Image.new("RGB", (WIDTH, HEIGHT), (24, 24, 24))
+    draw = ImageDraw.Draw(image)
+    lambdas = lam.lambdas.float()
+    lambdas = lambdas.mean(-1) if lambdas.dim() == 3 else lambdas
+    series = [lambdas[:, j].tolist() for j in range(lambdas.shape[1])]
+    half = WIDTH // 2
+    _panel(draw, (PAD, 28, half - 8, HEIGHT - 24), series, f"lambda per model call ({lam.base_sampler})",
+           [(90, 170, 255), (255, 170, 60), (120, 220, 120)][: len(series)] + [(200, 200, 200)] * 8,
+           [f"lambda term {j + 1}" for j in range(len(series))], zero_line=True)
+    before = json.loads(lam.metadata.get("fit_rmse_before", "[]"))
+    after = json.loads(lam.metadata.get("fit_rmse_after", "[]"))
+    _panel(draw, (half + PAD, 28, WIDTH - 8, HEIGHT - 24), [before, after], "fit RMSE to teacher per call",
+           [(255, 100, 100), (90, 200, 120)], ["before (lambda = 0)", "after (fitted)"])
+    draw.text((PAD, HEIGHT - 18), "model call ->", fill=(180, 180, 180))
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
