@@ -33,7 +33,10 @@ setup_comfy_tests() {
         return
     fi
     constraints="$(mktemp)"
-    "$VENV/bin/python" -c 'import torch, torchvision; print(f"torch=={torch.__version__}\ntorchvision=={torchvision.__version__}")' > "$constraints"
+    # pin what is installed, without the local label (+cu130): pip cannot re-resolve a local version
+    "$VENV/bin/python" -c 'import torch, torchvision
+for module in (torch, torchvision):
+    print(module.__name__ + "==" + module.__version__.split("+")[0])' > "$constraints"
     "$VENV/bin/python" -m pip install --quiet -r requirements-comfy-test.txt -c "$constraints"
     rm -f "$constraints"
     printf '%s' "$want" > "$stamp"
