@@ -8,7 +8,7 @@ No host (ComfyUI, A1111, Forge) is imported here; hosts pass their own sampler f
 from .blackbox import SamplerRefusedError, probe_call_sigmas
 from .correction import DODEDenoiser, make_sampler, sample
 from .fit import distill
-from .lambdas_file import LambdaFileError, Lambdas, ScheduleMismatchError, load_lambdas
+from .lambdas_file import LambdaFileError, Lambdas, ScheduleMismatchError, load_lambdas, newest_matching
 from .version import __version__
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "distill",
     "load_lambdas",
     "make_sampler",
+    "newest_matching",
     "probe_call_sigmas",
     "sample",
 ]

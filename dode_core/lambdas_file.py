@@ -97,14 +97,23 @@ class Lambdas:
         _write_atomically(os.fspath(path), data)
         return os.fspath(path)
 
+    def matches(self, call_sigmas, rtol: float = SIGMA_RTOL) -> bool:
+        """Whether a run whose model calls are at ``call_sigmas`` is the one these λ were fitted for."""
+        call_sigmas = [float(s) for s in call_sigmas]
+        return len(call_sigmas) == len(self.call_sigmas) and all(
+            math.isclose(a, b, rel_tol=rtol, abs_tol=1e-8) for a, b in zip(call_sigmas, self.call_sigmas, strict=True)
+        )
+
+    def describe(self) -> str:
+        """One line for messages: base sampler, steps, calls and the sigma of every call."""
+        return (f"{self.base_sampler or '?'}, {self.metadata.get('steps', '?')} steps, {self.calls} calls at "
+                f"{format_sigmas(self.call_sigmas)}")
+
     def check_call_sigmas(self, call_sigmas, rtol: float = SIGMA_RTOL) -> None:
         """Raise ScheduleMismatchError unless ``call_sigmas`` match the fitted ones within ``rtol``."""
-        call_sigmas = [float(s) for s in call_sigmas]
-        same_count = len(call_sigmas) == len(self.call_sigmas)
-        if same_count and all(
-            math.isclose(a, b, rel_tol=rtol, abs_tol=1e-8) for a, b in zip(call_sigmas, self.call_sigmas, strict=True)
-        ):
+        if self.matches(call_sigmas, rtol):
             return
+        call_sigmas = [float(s) for s in call_sigmas]
         steps = self.metadata.get("steps", "?")
         raise ScheduleMismatchError(
             "these λ were fitted for another schedule.\n"
@@ -118,6 +127,33 @@ class Lambdas:
 
 def format_sigmas(sigmas) -> str:
     return "[" + ", ".join(f"{float(s):.4g}" for s in sigmas) + "]"
+
+
+def newest_matching(paths, base_sampler: str, call_sigmas, *, load=None) -> tuple[str, Lambdas]:
+    """The newest λ file (modification time, then name) among ``paths`` fitted for ``base_sampler`` at
+    ``call_sigmas``, as ``(path, Lambdas)``. What hosts use when the user picks no file.
+
+    Raises ScheduleMismatchError listing every file with its schedule (or why it is unusable) and the run.
+    ``load`` defaults to load_lambdas (a host may pass a cached loader).
+    """
+    load = load or load_lambdas
+    fitting, lines = [], []
+    for path in paths:
+        name = os.path.basename(path)
+        try:
+            lam = load(path)
+        except (LambdaFileError, OSError) as error:
+            lines.append(f"  {name}: not usable ({error})")
+            continue
+        lines.append(f"  {name}: {lam.describe()}")
+        if lam.base_sampler == base_sampler and lam.matches(call_sigmas):
+            fitting.append((os.stat(path).st_mtime_ns, name, path, lam))
+    if not fitting:
+        run = f"{base_sampler}, {len(call_sigmas)} calls at {format_sigmas(call_sigmas)}"
+        listing = "\n".join(lines) or "  (no .safetensors files)"
+        raise ScheduleMismatchError(f"no D-ODE λ file fits this run ({run}).\nFiles there:\n{listing}")
+    _, _, path, lam = max(fitting, key=lambda item: item[:2])
+    return path, lam
 
 
 def load_lambdas(path: str | os.PathLike) -> Lambdas:

@@ -9,7 +9,7 @@ import hashlib
 import logging
 import os
 
-from dode_core import LambdaFileError, Lambdas, ScheduleMismatchError, load_lambdas
+from dode_core import LambdaFileError, Lambdas, ScheduleMismatchError, load_lambdas, newest_matching
 from dode_core.lambdas_file import format_sigmas
 
 log = logging.getLogger(__name__)
@@ -78,12 +78,6 @@ def chosen_path(folder: str, choice: str) -> str:
     return os.path.join(folder, name)
 
 
-def describe(lam: Lambdas) -> str:
-    """One line for a message: base sampler, steps, calls and the sigma of every call."""
-    return (f"{lam.base_sampler or '?'}, {lam.metadata.get('steps', '?')} steps, {lam.calls} calls at "
-            f"{format_sigmas(lam.call_sigmas)}")
-
-
 def resolve_lambdas(folder: str, choice: str | None, base_sampler: str, call_sigmas) -> tuple[str, Lambdas]:
     """The λ file for a run of ``base_sampler`` whose model calls are at ``call_sigmas``: ``(path, Lambdas)``.
 
@@ -113,29 +107,13 @@ def resolve_lambdas(folder: str, choice: str | None, base_sampler: str, call_sig
             raise ScheduleMismatchError(f"λ file {os.path.basename(path)}: {error}") from None
         return path, lam
 
-    fitting, lines = [], []
-    for name in list_lambda_files(folder):
-        path = os.path.join(folder, name)
-        try:
-            lam = load_cached(path)
-        except (LambdaFileError, OSError) as error:
-            lines.append(f"  {name}: not usable ({error})")
-            continue
-        lines.append(f"  {name}: {describe(lam)}")
-        if lam.base_sampler != base_sampler:
-            continue
-        try:
-            lam.check_call_sigmas(call_sigmas)
-        except ScheduleMismatchError:
-            continue
-        fitting.append((os.stat(path).st_mtime_ns, name, path, lam))
-    if not fitting:
-        listing = "\n".join(lines) if lines else "  (no .safetensors files)"
+    paths = [os.path.join(folder, name) for name in list_lambda_files(folder)]
+    try:
+        path, lam = newest_matching(paths, base_sampler, call_sigmas, load=load_cached)
+    except ScheduleMismatchError as error:
         raise LambdaResolutionError(
-            f"no D-ODE λ file in {folder} fits this run ({run}).\nFiles there:\n{listing}\n"
-            "Distill λ for this checkpoint, scheduler and step count (the 'Distill λ (D-ODE)' accordion in "
-            "txt2img), or use the scheduler and steps of one of the files."
-        )
-    _, name, path, lam = max(fitting, key=lambda item: (item[0], item[1]))
-    log.info("D-ODE: using λ file %s (%d of %d files fit)", name, len(fitting), len(lines))
+            f"{error}\n(folder: {folder})\nDistill λ for this checkpoint, scheduler and step count (the 'Distill λ "
+            "(D-ODE)' accordion in txt2img), or use the scheduler and steps of one of the files."
+        ) from None
+    log.info("D-ODE: using λ file %s", os.path.basename(path))
     return path, lam

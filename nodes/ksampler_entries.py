@@ -30,25 +30,13 @@ def _auto_function(base_name: str):
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
         call_sigmas, _ = dode_core.probe_call_sigmas(model, x, sigmas, base, extra_args=extra_args, options=options)
-        candidates, seen = [], []
-        for name in folder_paths.get_filename_list(FOLDER):
-            path = folder_paths.get_full_path(FOLDER, name)
-            try:
-                lam = dode_core.load_lambdas(path)
-                if lam.base_sampler != base_name:
-                    continue
-                seen.append(f"  {name}: {dode_core.lambdas_file.format_sigmas(lam.call_sigmas)}")
-                lam.check_call_sigmas(call_sigmas)
-            except ValueError:
-                continue
-            candidates.append((os.path.getmtime(path), name, lam))
-        if not candidates:
+        paths = [folder_paths.get_full_path(FOLDER, name) for name in folder_paths.get_filename_list(FOLDER)]
+        try:
+            path, lam = dode_core.newest_matching(paths, base_name, call_sigmas)
+        except dode_core.ScheduleMismatchError as error:
             raise dode_core.ScheduleMismatchError(
-                f"dode_{base_name}: no λ file in models/dode_lambdas fits this run's {len(call_sigmas)} model calls "
-                f"{dode_core.lambdas_file.format_sigmas(call_sigmas)}.\nFiles for {base_name}:\n"
-                + ("\n".join(seen) or "  (none)") + "\nDistill λ for this schedule with 'Distill λ (D-ODE)'.")
-        _, name, lam = max(candidates, key=lambda c: c[0])
-        log.info("dode_%s: using %s", base_name, name)
+                f"dode_{base_name}: {error}\nDistill λ for this schedule with 'Distill λ (D-ODE)'.") from None
+        log.info("dode_%s: using %s", base_name, os.path.basename(path))
         return dode_core.sample(model, x, sigmas, base, lam, extra_args=extra_args, callback=callback,
                                 disable=disable, **options)
 
