@@ -4,17 +4,22 @@ Skips (does not fail) when ComfyUI's requirements are not installed: pip install
 See tests/comfyui_host/harness.py for the environment variables.
 """
 
+import asyncio
+import glob
 import json
 import math
 import os
+import shutil
 import time
+import uuid
 
+import aiohttp
 import pytest
 
 from comfyui_host.harness import ComfyServer, Unavailable, error_message
 from dode_core import load_lambdas
 
-MODEL_TYPES = ["eps", "v_prediction", "edm", "flow"]
+MODEL_TYPES = ["eps", "v_prediction", "edm", "flow", "flux"]
 STEPS = 4
 SIZE = 64  # pixels: an 8x8 latent
 
@@ -122,7 +127,7 @@ def test_distill_then_sample(server, model_type):
     assert meta["base_sampler"] == "euler" and lam.calls == STEPS
     assert meta["model"] == "BaseModel"
     assert meta["prediction"] == {"eps": "EPS", "v_prediction": "V_PREDICTION", "edm": "EDM",
-                                  "flow": "FLOW"}[model_type]
+                                  "flow": "FLOW", "flux": "FLUX"}[model_type]
     assert len(meta["model_fingerprint"]) == 16
     assert float(meta["cfg"]) == 2.0 and meta["seed"] == "1" and meta["batch_size"] == "4"
     assert meta["teacher_factor"] == "4" and meta["plugin_version"]
@@ -198,5 +203,82 @@ def test_opt_in_ksampler_entries(tmp_path):
         for name in ("dode_euler", "dode_dpmpp_2m"):
             assert plain.count(name) == 1 and select.count(name) == 1  # in place, once
         assert plain[0] == "euler"  # appended, nothing reordered
+    finally:
+        comfy.stop()
+
+
+async def _progress_events(server, graph, client_id, timeout=300.0):
+    """Posts ``graph`` as ``client_id`` over an open /ws connection; the prompt's ``progress`` events and its
+    final message type (execution_success / execution_error / execution_interrupted)."""
+    events = []
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"ws://127.0.0.1:{server.port}/ws?clientId={client_id}") as ws:
+            prompt_id = await asyncio.to_thread(server.post_prompt, graph, client_id)
+            async with asyncio.timeout(timeout):
+                async for message in ws:
+                    if message.type != aiohttp.WSMsgType.TEXT:
+                        continue  # binary previews
+                    data = json.loads(message.data)
+                    kind, body = data.get("type"), data.get("data") or {}
+                    if body.get("prompt_id") != prompt_id:
+                        continue
+                    if kind == "progress":
+                        events.append(body)
+                    elif kind in ("execution_success", "execution_error", "execution_interrupted"):
+                        return prompt_id, events, kind
+    raise AssertionError(f"the websocket closed before prompt {prompt_id} finished:\n{server.log_tail()}")
+
+
+def test_distill_reports_progress_over_the_websocket(server):
+    client_id = f"dode-progress-{uuid.uuid4().hex}"
+    graph = distill_graph("eps", "progress", batch=3)
+    prompt_id, events, final = asyncio.run(_progress_events(server, graph, client_id))
+    entry = server.wait(prompt_id)
+    assert final == "execution_success", error_message(entry) + "\n" + server.log_tail()
+    lam = load_lambdas(os.path.join(lambdas_dir(server), entry["outputs"]["name"]["text"][0]))
+    total = int(lam.metadata["teacher_calls"]) + lam.calls
+    assert total == STEPS * 4 + STEPS  # euler: 4 teacher sub-steps per step, one call each
+    distill_events = [e for e in events if e["node"] == "distill"]
+    assert distill_events, f"no progress events for the distill node: {events}"
+    values = [e["value"] for e in distill_events]
+    assert all(e["max"] == total for e in distill_events), {e["max"] for e in distill_events}
+    assert max(values) == total and values[-1] == total, values
+    assert all(b > a for a, b in zip(values[:-1], values[1:], strict=True)), values
+    assert len(values) == total  # one per model call, none dropped
+
+
+def test_extra_model_paths_yaml_keeps_users_folder(tmp_path):
+    shipped = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                            "lambdas", "*.safetensors")))
+    assert shipped, "no shipped λ file to copy"
+    extra_root = tmp_path / "extra_root"
+    extra = extra_root / "my_lambdas"
+    extra.mkdir(parents=True)
+    shutil.copy(shipped[0], extra / "user_extra.safetensors")
+    config = tmp_path / "extra_model_paths.yaml"
+    config.write_text(f"dode_test_user:\n    base_path: {extra_root}\n    dode_lambdas: my_lambdas\n")
+    base = tmp_path / "base"
+    base.mkdir()
+    try:
+        comfy = ComfyServer(str(base), extra_args=["--extra-model-paths-config", str(config)])
+    except Unavailable as why:
+        pytest.skip(f"ComfyUI tests skipped: {why}")
+    try:
+        assert "Adding extra search path dode_lambdas" in comfy.log_tail(100000)
+        choices = comfy.get("/object_info/DODESampler")["DODESampler"]["input"]["required"]["lambdas"][0]
+        assert "user_extra.safetensors" in choices, choices
+        assert os.path.basename(shipped[0]) in choices, choices  # the shipped folder is still listed too
+        # the file resolves from the user's folder: it loads and is then refused for this (other) schedule
+        entry = comfy.run(sample_graph("eps", dode_sampler("user_extra.safetensors")))
+        assert entry["status"]["status_str"] == "error"
+        assert "ScheduleMismatchError" in error_message(entry) and "user_extra.safetensors" in error_message(entry)
+
+        entry = comfy.run(distill_graph("eps", "saved_here"))
+        assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.log_tail()
+        assert entry["outputs"]["name"]["text"][0] == "saved_here.safetensors"
+        assert os.path.isfile(base / "models" / "dode_lambdas" / "saved_here.safetensors")
+        assert sorted(os.listdir(extra)) == ["user_extra.safetensors"]  # nothing written to the user's folder
+        choices = comfy.get("/object_info/DODESampler")["DODESampler"]["input"]["required"]["lambdas"][0]
+        assert {"saved_here.safetensors", "user_extra.safetensors"} <= set(choices), choices
     finally:
         comfy.stop()

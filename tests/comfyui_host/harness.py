@@ -84,7 +84,7 @@ def free_port() -> int:
 class ComfyServer:
     """``python main.py --cpu`` on a free loopback port, with the plugin and the test pack linked in."""
 
-    def __init__(self, base: str, env: dict[str, str] | None = None):
+    def __init__(self, base: str, env: dict[str, str] | None = None, extra_args: list[str] | None = None):
         if os.environ.get("DODE_SKIP_COMFY"):
             raise Unavailable("DODE_SKIP_COMFY is set")
         missing = missing_modules()
@@ -104,7 +104,7 @@ class ComfyServer:
         self.process = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
              "--base-directory", base, "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
-             "--log-stdout", "--disable-auto-launch"],
+             "--log-stdout", "--disable-auto-launch", *(extra_args or [])],
             cwd=self.comfy, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         self._wait_ready()
 
@@ -157,8 +157,8 @@ class ComfyServer:
             raise RuntimeError(f"GET {path}: {status} {body}")
         return body
 
-    def post_prompt(self, graph: dict) -> str:
-        status, body = self.request("/prompt", {"prompt": graph, "client_id": "dode-tests"})
+    def post_prompt(self, graph: dict, client_id: str = "dode-tests") -> str:
+        status, body = self.request("/prompt", {"prompt": graph, "client_id": client_id})
         if status != 200:
             raise AssertionError(f"/prompt refused the graph ({status}): {json.dumps(body)[:3000]}")
         return body["prompt_id"]
