@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from safetensors.torch import save as st_save
 from .version import __version__
 
 FORMAT = "dode-lambdas"
+EXTENSION = ".safetensors"
 FORMAT_VERSION = "1"
 TENSOR_NAME = "lambdas"
 
@@ -97,6 +99,20 @@ class Lambdas:
         _write_atomically(os.fspath(path), data)
         return os.fspath(path)
 
+    def save_new(self, folder: str | os.PathLike, stem: str, **metadata) -> str:
+        """Save as ``folder/<stem>.safetensors``, or ``<stem>_2``, ``<stem>_3``, ... if taken: never overwrites.
+
+        ``stem`` is reduced to a bare file stem (see file_stem), so a name cannot leave ``folder``. The name is
+        claimed with an exclusive create, so two saves cannot pick the same one; on any failure (including an
+        interrupt) the placeholder is removed and nothing is left behind. Returns the path.
+        """
+        path = _reserve_new_path(os.fspath(folder), file_stem(stem))
+        try:
+            return self.save(path, **metadata)
+        except BaseException:
+            os.remove(path)
+            raise
+
     def matches(self, call_sigmas, rtol: float = SIGMA_RTOL) -> bool:
         """Whether a run whose model calls are at ``call_sigmas`` is the one these λ were fitted for."""
         call_sigmas = [float(s) for s in call_sigmas]
@@ -123,6 +139,31 @@ class Lambdas:
             "Use the scheduler, step count and denoise the λ file was made with, "
             "or distill λ for this schedule."
         )
+
+
+def file_stem(text, fallback: str = "lambdas") -> str:
+    """A bare, portable file stem from user text: no folder part, no extension, no leading dots, only
+    ``[A-Za-z0-9._-]`` (other runs become ``_``), at most 120 characters; ``fallback`` when nothing is left."""
+    stem = os.path.basename(str(text or "").strip().replace("\\", "/"))
+    if stem.lower().endswith(EXTENSION):
+        stem = stem[: -len(EXTENSION)]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:120]
+    if stem:
+        return stem
+    return file_stem(fallback, fallback="") if fallback else "lambdas"
+
+
+def _reserve_new_path(folder: str, stem: str) -> str:
+    """Create an empty ``folder/stem.safetensors`` (or ``stem_2``, ...) with O_EXCL and return its path."""
+    os.makedirs(folder, exist_ok=True)
+    for counter in range(1, 100_000):
+        path = os.path.join(folder, stem + (f"_{counter}" if counter > 1 else "") + EXTENSION)
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            continue
+        return path
+    raise LambdaFileError(f"{folder}: no free file name for {stem!r}.")
 
 
 def format_sigmas(sigmas) -> str:

@@ -4,15 +4,12 @@ overwriting anything. The host supplies the denoiser (WebUI's CFG denoiser), the
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 
 from dode_core import Lambdas, distill
 from dode_core.blackbox import sampler_name
 from dode_core.lambdas_file import REQUIRED_FIELDS
-
-from .lambda_files import EXTENSION
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +45,6 @@ def build_file_stem(model: str, base_sampler: str, steps: int, scheduler: str, c
         parts.append("cfg" + f"{float(cfg):g}".replace(".", "p"))
     parts.append(f"h{history}")
     return "_".join(parts)
-
-
-def reserve_unique_path(folder: str, stem: str) -> str:
-    """Create and return ``folder/stem.safetensors``, or ``stem_2``, ``stem_3``, ... if taken: never overwrites.
-
-    The name is claimed with an exclusive create, so two jobs cannot pick the same one; the caller replaces
-    the empty placeholder atomically (Lambdas.save) or removes it on failure.
-    """
-    os.makedirs(folder, exist_ok=True)
-    counter = 1
-    while True:
-        name = stem + (f"_{counter}" if counter > 1 else "") + EXTENSION
-        path = os.path.join(folder, name)
-        try:
-            with open(path, "x"):
-                return path
-        except FileExistsError:
-            counter += 1
 
 
 def file_metadata(request: DistillRequest, reserved=()) -> dict[str, str]:
@@ -109,13 +88,7 @@ def run_distill_job(model, x, sigmas, base_sampler, folder: str, request: Distil
     stem = file_stem or build_file_stem(metadata.get("model", "model"), sampler_name(base_sampler),
                                         len(sigmas) - 1, metadata.get("scheduler", "automatic"),
                                         metadata.get("cfg"), request.history)
-    path = reserve_unique_path(folder, stem)
-    try:
-        lam.save(path, **metadata)
-    except BaseException:
-        if os.path.exists(path) and os.path.getsize(path) == 0:
-            os.unlink(path)
-        raise
+    path = lam.save_new(folder, stem, **metadata)
     request.done, request.saved_path = True, path
     log.info("D-ODE: distilled %s over %d steps, saved %s", sampler_name(base_sampler), len(sigmas) - 1, path)
     return path, lam

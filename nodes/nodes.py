@@ -15,7 +15,7 @@ import folder_paths
 import torch
 
 from ._core import dode_core
-from .folder import FOLDER, clean_name, reserve_path, save_folder
+from .folder import FOLDER, save_folder
 from .plot import plot_fit
 
 log = logging.getLogger(__name__)
@@ -168,13 +168,9 @@ class DODEDistill:
             "negative_prompt": prompt_texts(prompt, unique_id, "negative"),
             "host": "ComfyUI " + _comfy_version(),
         }
-        stem = clean_name(filename, f"{metadata['model']}_{sampler_name}_{len(sigmas) - 1}steps_h{history}")
-        path = reserve_path(save_folder(), stem)
-        try:
-            lam.save(path, **metadata)
-        except BaseException:
-            os.remove(path)
-            raise
+        stem = dode_core.lambdas_file.file_stem(filename, f"{metadata['model']}_{sampler_name}_"
+                                                          f"{len(sigmas) - 1}steps_h{history}")
+        path = lam.save_new(save_folder(), stem, **metadata)
         name = os.path.basename(path)
         log.info("D-ODE: saved λ for %s (%d calls) to %s", sampler_name, lam.calls, path)
         sampler = comfy.samplers.KSAMPLER(_dode_function(base, lam, name))

@@ -191,3 +191,21 @@ def test_newest_matching_picks_the_newest_fitting_file_and_lists_all_otherwise(t
     message = str(error.value)
     assert "no D-ODE λ file fits this run (heun, 3 calls at [80, 5, 0.5])" in message
     assert "o.safetensors: euler, 3 steps, 3 calls at [80, 4, 0.5]" in message
+
+
+def test_save_new_never_overwrites_and_cannot_leave_the_folder(tmp_path, lam):
+    folder = tmp_path / "dode_lambdas"
+    paths = [lam.save_new(folder, "sd15 euler/8 steps") for _ in range(2)]
+    assert [os.path.basename(p) for p in paths] == ["8_steps.safetensors", "8_steps_2.safetensors"]
+    assert os.path.basename(lam.save_new(folder, "../../escape.safetensors")) == "escape.safetensors"
+    assert os.path.basename(lam.save_new(folder, "..")) == "lambdas.safetensors"
+    assert sorted(os.listdir(tmp_path)) == ["dode_lambdas"]
+    for path in paths:
+        load_lambdas(path)
+
+
+def test_a_failed_save_new_leaves_no_placeholder(tmp_path, lam):
+    bad = Lambdas(torch.tensor([[0.0], [float("nan")]]), (1.0, 0.5), {"base_sampler": "euler", "steps": "2"})
+    with pytest.raises(LambdaFileError, match="non-finite"):
+        bad.save_new(tmp_path, "bad")
+    assert os.listdir(tmp_path) == []
