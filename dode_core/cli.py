@@ -162,8 +162,7 @@ def describe(path: str, lam) -> str:
         if key not in long_fields:
             lines.append(f"    {key}: {lam.metadata[key]}")
     lines.append(f"  λ per call ({lam.calls} calls x {lam.history} terms):")
-    before = json.loads(lam.metadata.get("fit_rmse_before", "null") or "null")
-    after = json.loads(lam.metadata.get("fit_rmse_after", "null") or "null")
+    before, after = lam.fit_rmse()
     for k, sigma in enumerate(lam.call_sigmas):
         values = lam.lambdas[k].flatten().tolist()  # terms (x channels)
         fit = f"   fit RMSE {before[k]:.4g} -> {after[k]:.4g}" if before and after else ""

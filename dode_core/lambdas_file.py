@@ -99,6 +99,11 @@ class Lambdas:
         _write_atomically(os.fspath(path), data)
         return os.fspath(path)
 
+    def fit_rmse(self) -> tuple[list[float], list[float]]:
+        """The fit error per call, with this call's λ = 0 and with the fitted λ; empty lists if not recorded."""
+        return tuple([float(v) for v in json.loads(self.metadata.get(key) or "[]")]
+                     for key in ("fit_rmse_before", "fit_rmse_after"))
+
     def save_new(self, folder: str | os.PathLike, stem: str, **metadata) -> str:
         """Save as ``folder/<stem>.safetensors``, or ``<stem>_2``, ``<stem>_3``, ... if taken: never overwrites.
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -50,8 +48,7 @@ def plot_fit(lam) -> torch.Tensor:
     _panel(draw, (PAD, 28, half - 8, HEIGHT - 24), series, f"lambda per model call ({lam.base_sampler})",
            [(90, 170, 255), (255, 170, 60), (120, 220, 120)][: len(series)] + [(200, 200, 200)] * 8,
            [f"lambda term {j + 1}" for j in range(len(series))], zero_line=True)
-    before = json.loads(lam.metadata.get("fit_rmse_before", "[]"))
-    after = json.loads(lam.metadata.get("fit_rmse_after", "[]"))
+    before, after = lam.fit_rmse()
     _panel(draw, (half + PAD, 28, WIDTH - 8, HEIGHT - 24), [before, after], "fit RMSE to teacher per call",
            [(255, 100, 100), (90, 200, 120)], ["before (lambda = 0)", "after (fitted)"])
     draw.text((PAD, HEIGHT - 18), "model call ->", fill=(180, 180, 180))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -120,6 +119,7 @@ def run_demo(samplers, budgets, *, batch: int, eval_batch: int, teacher_factor: 
             path = os.path.join(lambda_dir, f"demo-digits16_{name}_{steps}steps_karras_h{history}.safetensors")
             lam.save(path, model="dode demo digits16", model_fingerprint=weights_fingerprint(), prediction="edm",
                      scheduler="karras", seed=seed, cfg=1.0)
+            rmse_before, rmse_after = lam.fit_rmse()
             with torch.no_grad():
                 base = sampler(model, eval_noise, sigmas, disable=True)
                 dode = sample(model, eval_noise, sigmas, sampler, lam, disable=True)
@@ -128,8 +128,7 @@ def run_demo(samplers, budgets, *, batch: int, eval_batch: int, teacher_factor: 
                 rmse_base=rmse(base, reference), rmse_dode=rmse(dode, reference),
                 fd_base=frechet_distance(base, data), fd_dode=frechet_distance(dode, data),
                 lambda_file=path, lambdas=lam.lambdas.tolist(),
-                fit_rmse_before=_floats(lam.metadata["fit_rmse_before"]),
-                fit_rmse_after=_floats(lam.metadata["fit_rmse_after"]),
+                fit_rmse_before=rmse_before, fit_rmse_after=rmse_after,
                 images={"reference": reference[:GRID_SAMPLES], "base": base[:GRID_SAMPLES],
                         "D-ODE": dode[:GRID_SAMPLES]},
             ))
@@ -142,9 +141,6 @@ def _reference_sampler(samplers):
     module = importlib.import_module(samplers[0].__module__)
     return getattr(module, f"sample_{REFERENCE_SAMPLER}")
 
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in json.loads(text)]
 
 
 def markdown_table(rows: list[Row], reference_label: str) -> str:
