@@ -74,6 +74,19 @@ class Lambdas:
     def base_sampler(self) -> str:
         return self.metadata.get("base_sampler", "")
 
+    @property
+    def schedule(self) -> torch.Tensor | None:
+        """The schedule (``steps + 1`` sigmas, float64, ending in 0) the λ were fitted on, if the file records it."""
+        if not self.metadata.get("schedule"):
+            return None
+        return torch.tensor(json.loads(self.metadata["schedule"]), dtype=torch.float64)
+
+    @property
+    def schedule_fitted(self) -> bool:
+        """Whether the schedule was chosen by the fit (``distill(..., fit_schedule=True)``), not given by the user:
+        such a file is self-contained, and hosts sample on ``schedule`` instead of their scheduler's."""
+        return self.metadata.get("schedule_source") == "fitted"
+
     def to_file_dict(self, **extra_metadata) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """The (tensors, metadata) pair written to disk, with ``extra_metadata`` merged in as strings."""
         fitted = [key for key in extra_metadata if key in REQUIRED_FIELDS or key in LIST_FIELDS]
