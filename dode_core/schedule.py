@@ -1,0 +1,195 @@
+"""Choosing the n-step schedule from one dense teacher run (the idea of GITS, Chen et al. 2024).
+
+A teacher run over a dense grid ``s_0 > s_1 > ... > s_G = 0`` already holds, at every grid sigma, the state
+``X_i`` it passed to the model and the denoised output ``D_i`` it got back. A deterministic step of the student
+from grid point ``i`` straight to grid point ``j`` (the first-order DDIM / Euler step every k-diffusion ODE
+sampler starts from) lands at
+
+    x_hat_ij = D_i + (s_j / s_i) * (X_i - D_i)
+
+and its one-step error against the teacher, ``x_hat_ij - X_j``, costs no model call. A dynamic program then picks
+the path ``0 = i_0 < i_1 < ... < i_n = G`` with the least summed cost: the schedule ``s_{i_0}, ..., s_{i_n}``.
+
+The cost of an edge is the batch mean of the per-latent RMS of that one-step error (GITS' choice; measured against
+the squared error and a multistep-aware cost in the issue-9 note). Nothing here calls a model; everything is
+float64 on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .blackbox import ModelProxy, SamplerRefusedError, sigma_value
+
+
+def dense_grid(sigma_max: float, sigma_min: float, points: int, rho: float = 7.0) -> torch.Tensor:
+    """``points`` sigmas from ``sigma_max`` down to ``sigma_min`` in Karras spacing, then 0 (float64):
+
+        s_t = (sigma_max^(1/rho) + t / (points - 1) * (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,  t = 0..points-1
+    """
+    if not (math.isfinite(sigma_max) and math.isfinite(sigma_min) and sigma_max > sigma_min > 0):
+        raise ValueError(f"a fitted schedule needs sigma_max > sigma_min > 0; got {sigma_max:.4g} and "
+                         f"{sigma_min:.4g}.")
+    if points < 2:
+        raise ValueError(f"the dense grid needs at least 2 positive sigmas; got {points}.")
+    ramp = torch.linspace(0, 1, points, dtype=torch.float64)
+    top, bottom = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    grid = (top + ramp * (bottom - top)) ** rho
+    grid[0], grid[-1] = sigma_max, sigma_min  # exact ends, not re-rounded through the power
+    return torch.cat([grid, grid.new_zeros(1)])
+
+
+class TeacherRecorder(ModelProxy):
+    """Wraps the teacher's model and keeps, for every grid sigma, the last state passed to the model there and
+    the denoised output it returned (on the CPU, in the model's dtype).
+
+    The last call at a sigma is the state (Heun's predictor stage at the same sigma comes before it); the
+    sampler's callback is never read: hosts' callbacks are previews, not records of the state.
+    """
+
+    def __init__(self, model, grid: torch.Tensor, storage_dtype: torch.dtype | None = None):
+        super().__init__(model)
+        self.grid = grid.double().cpu()
+        self.storage_dtype = storage_dtype
+        self.states: dict[int, torch.Tensor] = {}
+        self.denoised: dict[int, torch.Tensor] = {}
+
+    def __call__(self, x, sigma, **extra_args):
+        out = self.inner(x, sigma, **extra_args)
+        index = self.index_of(sigma_value(sigma))
+        if index is not None:
+            dtype = self.storage_dtype or x.dtype
+            self.states[index] = x.detach().to("cpu", dtype, copy=True)
+            self.denoised[index] = out.detach().to("cpu", dtype, copy=True)
+        return out
+
+    def index_of(self, sigma: float) -> int | None:
+        distances = (self.grid - sigma).abs()
+        index = int(distances.argmin())
+        return index if math.isclose(float(self.grid[index]), sigma, rel_tol=1e-5, abs_tol=1e-9) else None
+
+    def stacked(self, final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(states, denoised)``: states (G+1, batch, ...) with the sampler's result at the last grid point,
+        denoised (G, batch, ...). Raises when the teacher skipped a grid sigma."""
+        positive = len(self.grid) - 1
+        missing = [i for i in range(positive) if i not in self.states]
+        if missing:
+            raise ValueError(f"the teacher made no model call at {len(missing)} of the {positive} grid sigmas "
+                             f"(first: {float(self.grid[missing[0]]):.4g}); a fitted schedule needs a teacher "
+                             "that calls the model once at every sigma of its schedule (euler, dpmpp_2m, lms, heun).")
+        states = torch.stack([self.states[i] for i in range(positive)]
+                             + [final.detach().to("cpu", self.states[0].dtype)])
+        return states, torch.stack([self.denoised[i] for i in range(positive)])
+
+
+def one_step_costs(grid: torch.Tensor, states: torch.Tensor, denoised: torch.Tensor, *, power: float = 1.0,
+                   chunk: int = 16) -> torch.Tensor:
+    """The (G+1, G+1) matrix of edge costs, ``inf`` where ``j <= i``:
+
+        cost_ij = mean_b ( RMS_b( D_i + (s_j / s_i) (X_i - D_i) - X_j ) ) ^ power
+
+    grid: (G+1,) sigmas ending in 0; states: (G+1, B, ...) teacher states (the last is its result);
+    denoised: (G, B, ...) its outputs at the positive sigmas. Formed in float64, ``chunk`` targets at a time, so
+    the extra memory is ``chunk`` float64 states.
+    """
+    count = len(grid)
+    sigma = grid.double()
+    costs = torch.full((count, count), math.inf, dtype=torch.float64)
+    for i in range(count - 1):
+        x_i, d_i = states[i].double(), denoised[i].double()
+        for start in range(i + 1, count, chunk):
+            stop = min(start + chunk, count)
+            ratio = (sigma[start:stop] / sigma[i]).view(-1, *([1] * x_i.dim()))
+            error = d_i + ratio * (x_i - d_i) - states[start:stop].double()
+            rms = error.flatten(2).square().mean(-1).sqrt()  # (targets, B)
+            costs[i, start:stop] = rms.pow(power).mean(-1)
+    return costs
+
+
+def cheapest_path(costs: torch.Tensor, steps: int) -> list[int]:
+    """The grid indices ``0 = i_0 < ... < i_steps = G`` minimising ``sum_k costs[i_k, i_{k+1}]`` (dynamic program,
+    O(steps G^2)):
+
+        best_k(j) = min_i best_{k-1}(i) + costs[i, j],   best_0 = 0 at i = 0, inf elsewhere
+    """
+    count = costs.shape[0]
+    if not 1 <= steps <= count - 1:
+        raise ValueError(f"cannot choose {steps} steps from a grid of {count} sigmas; use 1 to {count - 1} steps.")
+    best = torch.full((count,), math.inf, dtype=torch.float64)
+    best[0] = 0.0
+    parents = []
+    for _ in range(steps):
+        totals = best[:, None] + costs  # totals[i, j]: reach i in k-1 steps, then i -> j
+        best, parent = totals.min(0)
+        parents.append(parent)
+    if not math.isfinite(float(best[-1])):
+        raise ValueError(f"no {steps}-step path through the grid has a finite cost.")
+    path = [count - 1]
+    for parent in reversed(parents):
+        path.append(int(parent[path[-1]]))
+    return path[::-1]
+
+
+def choose_schedule(grid: torch.Tensor, states: torch.Tensor, denoised: torch.Tensor, steps: int,
+                    **cost_options) -> tuple[torch.Tensor, list[int]]:
+    """The ``steps``-step schedule (float64, ``steps + 1`` sigmas ending in 0) with the least summed one-step error
+    on the teacher run, and its grid indices."""
+    path = cheapest_path(one_step_costs(grid, states, denoised, **cost_options), steps)
+    return grid.double()[path].clone(), path
+
+
+def schedule_range(sigmas: torch.Tensor) -> tuple[int, float, float]:
+    """``(steps, sigma_max, sigma_min)`` of a schedule that only gives the range of a fitted one: its first sigma,
+    its smallest positive sigma, and its final 0 (which a fitted schedule keeps)."""
+    if float(sigmas[-1]) != 0.0:
+        raise ValueError(f"fit_schedule needs a schedule that ends in 0 (the fitted one does too); this one ends at "
+                         f"{float(sigmas[-1]):.4g}. Use denoise 1.0 / a full schedule, or fit_schedule=False.")
+    positive = sigmas[sigmas > 0]
+    return len(sigmas) - 1, float(positive[0]), float(positive[-1])
+
+
+def check_calls_on_schedule(call_sigmas: list[float], sigmas: torch.Tensor, name: str) -> None:
+    """A fitted schedule puts every student call on the teacher grid only if the sampler calls the model at
+    schedule sigmas alone (Euler, Heun: its stage is the next schedule sigma, DPM++ 2M, LMS); a sampler with
+    stage sigmas between schedule points (DPM-2: sqrt(s_i s_{i+1})) is refused."""
+    points = [float(s) for s in sigmas]
+    off = [c for c in call_sigmas if not any(math.isclose(c, s, rel_tol=1e-5, abs_tol=1e-8) for s in points)]
+    if off:
+        raise SamplerRefusedError(
+            f"sampler '{name}' calls the model at sigma {off[0]:.4g}, between the schedule's sigmas (a stage of its "
+            "step), so a fitted schedule cannot put its calls on the teacher grid; use fit_schedule=False for it, "
+            "or a sampler whose calls are schedule sigmas (euler, heun, dpmpp_2m, lms).")
+
+
+class DenseTeacherRun:
+    """One teacher run over a dense grid, kept for both uses: the schedule choice and the λ targets.
+
+    grid: (G+1,) float64 sigmas ending in 0; states: (G+1, B, ...) on the CPU (the result last); denoised: (G, B, ...).
+    """
+
+    def __init__(self, grid: torch.Tensor, states: torch.Tensor, denoised: torch.Tensor):
+        self.grid, self.states, self.denoised = grid, states, denoised
+
+    def choose(self, steps: int) -> tuple[torch.Tensor, list[int]]:
+        """The ``steps``-step schedule with the least summed one-step error (float64) and its grid indices."""
+        return choose_schedule(self.grid, self.states, self.denoised, steps)
+
+    def state_at(self, sigma: float) -> torch.Tensor:
+        """The teacher's state at a grid sigma (its result at 0)."""
+        distances = (self.grid - sigma).abs()
+        index = int(distances.argmin())
+        if not math.isclose(float(self.grid[index]), sigma, rel_tol=1e-5, abs_tol=1e-9):
+            raise ValueError(f"sigma {sigma:.6g} is not on the teacher grid")
+        return self.states[index]
+
+
+def run_dense_teacher(model, x, grid: torch.Tensor, teacher, *, extra_args=None, options=None) -> DenseTeacherRun:
+    """Run ``teacher`` over ``grid`` from ``x`` and keep its state and denoised output at every grid sigma, read
+    from its model calls (never its callback). Memory: 2 G latents of the batch, on the CPU."""
+    recorder = TeacherRecorder(model, grid)
+    final = teacher(recorder, x.clone(), grid.to(x.device), extra_args=dict(extra_args or {}), callback=None,
+                    disable=True, **(options or {}))
+    states, denoised = recorder.stacked(final)
+    return DenseTeacherRun(grid.double().cpu(), states, denoised)
