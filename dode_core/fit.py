@@ -36,6 +36,7 @@ from .blackbox import (
 )
 from .correction import apply_correction, differences, working_precision
 from .lambdas_file import Lambdas, format_sigmas
+from .schedule import check_calls_on_schedule, dense_grid, run_dense_teacher, schedule_range
 from .teacher import grid_index, teacher_sigmas
 from .version import __version__
 
@@ -157,7 +158,7 @@ def _choose_term_count(G, b, c, floor: float) -> int:
 
 
 def distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, teacher_sampler=None, history=1,
-            callback=None, options=None) -> Lambdas:
+            callback=None, options=None, fit_schedule=False) -> Lambdas:
     """Fit D-ODE λ for ``sampler`` on ``sigmas`` against a ``teacher_factor``-times finer teacher run.
 
     model:    ``model(x, sigma, **extra_args) -> denoised`` (k-diffusion convention)
@@ -165,38 +166,71 @@ def distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, te
     history:  terms per call (1 = the paper's single λ), or "auto": 1 to 3 per call, chosen on held-out latents
     callback: ``callback(done, total)`` after each model evaluation (teacher + student); raise to cancel
     options:  extra keyword arguments for the sampler (as ComfyUI's ``extra_options``)
+    fit_schedule: choose the schedule too. ``sigmas`` then gives only the step count and the range (its first
+              sigma, its smallest positive one, the final 0); the teacher runs once over a dense grid of
+              ``teacher_factor * steps`` sigmas in that range, the schedule with the least summed one-step error
+              on that run is chosen (dode_core.schedule), and λ are fitted on it against the same run.
+              ``lam.schedule`` holds the chosen sigmas.
 
     The global random state is left as it was found.
     """
     with torch.no_grad(), private_rng():
         return _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_sampler, history, callback,
-                        options)
+                        options, fit_schedule)
 
 
-def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_sampler, history, callback, options):
+def _fitted_schedule_targets(model, x, sigmas, sampler, teacher, teacher_factor, extra_args, options, callback):
+    """``fit_schedule=True``: one dense teacher run; returns the chosen schedule (in ``sigmas``' dtype), the
+    student's call sigmas on it, the λ targets read from the same run, the teacher's call count and progress."""
+    name = sampler_name(sampler)
+    steps, sigma_max, sigma_min = schedule_range(sigmas)
+    user_calls = check_deterministic(model, x, sigmas, sampler, extra_args=extra_args, options=options)
+    check_calls_on_schedule(user_calls, sigmas, name)
+    grid64 = dense_grid(sigma_max, sigma_min, teacher_factor * steps)
+    grid = grid64.to(device=x.device, dtype=sigmas.dtype)
+    teacher_options = options if teacher is sampler else None
+    teacher_calls = len(check_deterministic(model, x, grid, teacher, extra_args=extra_args, options=teacher_options))
+    progress = _Progress(callback, teacher_calls + len(user_calls))  # the call count does not depend on the sigmas
+    run = run_dense_teacher(_CheckedModel(model, progress, "teacher run"), x, grid, teacher, extra_args=extra_args,
+                            options=teacher_options)
+    fitted = run.choose(steps)[0].to(device=x.device, dtype=sigmas.dtype)
+    call_sigmas = check_deterministic(model, x, fitted, sampler, extra_args=extra_args, options=options)
+    check_calls_on_schedule(call_sigmas, fitted, name)
+    targets = [run.state_at(s) for s in call_sigmas[1:] + [0.0]]
+    log.info("fitted schedule for %s: %s", name, format_sigmas(fitted))
+    return fitted, call_sigmas, targets, teacher_calls, progress
+
+
+def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_sampler, history, callback, options,
+             fit_schedule=False):
     check_inputs(x, sigmas, teacher_factor, history)
     teacher_sampler = teacher_sampler or sampler
     extra_args = dict(extra_args or {})
     sigmas = sigmas.to(x.device)
     name = sampler_name(sampler)
 
-    call_sigmas = check_deterministic(model, x, sigmas, sampler, extra_args=extra_args, options=options)
+    if fit_schedule:
+        sigmas, call_sigmas, targets, teacher_calls, progress = _fitted_schedule_targets(
+            model, x, sigmas, sampler, teacher_sampler, teacher_factor, extra_args, options, callback)
+    else:
+        call_sigmas = check_deterministic(model, x, sigmas, sampler, extra_args=extra_args, options=options)
     if len(call_sigmas) < 2:
         raise ValueError(f"sampler '{name}' calls the model {len(call_sigmas)} time(s) on this schedule; "
                          "D-ODE needs at least 2 calls.")
-    grid64, _ = teacher_sigmas(sigmas.tolist(), call_sigmas, teacher_factor)
-    grid = grid64.to(device=x.device, dtype=sigmas.dtype)
-    teacher_options = options if teacher_sampler is sampler else None
-    teacher_calls = len(check_deterministic(model, x, grid, teacher_sampler, extra_args=extra_args,
-                                            options=teacher_options))
-    progress = _Progress(callback, teacher_calls + len(call_sigmas))
+    if not fit_schedule:
+        grid64, _ = teacher_sigmas(sigmas.tolist(), call_sigmas, teacher_factor)
+        grid = grid64.to(device=x.device, dtype=sigmas.dtype)
+        teacher_options = options if teacher_sampler is sampler else None
+        teacher_calls = len(check_deterministic(model, x, grid, teacher_sampler, extra_args=extra_args,
+                                                options=teacher_options))
+        progress = _Progress(callback, teacher_calls + len(call_sigmas))
 
-    # target of call k: the state the sampler reaches next, at the sigma of call k+1 (the end, for the last)
-    target_sigmas = call_sigmas[1:] + [float(sigmas[-1])]
-    targets = run_teacher(_CheckedModel(model, progress, "teacher run"), x, grid, teacher_sampler,
-                          [grid_index(grid64, s) for s in target_sigmas], extra_args=extra_args,
-                          options=teacher_options)
-    log.info("teacher: %d model calls over %d sigmas", progress.done, len(grid))
+        # target of call k: the state the sampler reaches next, at the sigma of call k+1 (the end, for the last)
+        target_sigmas = call_sigmas[1:] + [float(sigmas[-1])]
+        targets = run_teacher(_CheckedModel(model, progress, "teacher run"), x, grid, teacher_sampler,
+                              [grid_index(grid64, s) for s in target_sigmas], extra_args=extra_args,
+                              options=teacher_options)
+    log.info("teacher: %d model calls", progress.done)
 
     max_terms = AUTO_MAX_HISTORY if history == "auto" else history
     model_calls = _CheckedModel(model, progress, "student run")
@@ -227,6 +261,7 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
         "base_sampler": name,
         "steps": str(len(sigmas) - 1),
         "schedule": json.dumps([float(s) for s in sigmas.tolist()]),
+        "schedule_source": "fitted" if fit_schedule else "user",
         "history_mode": str(history),
         "history_per_call": json.dumps([fit.terms for fit in fits]),
         "teacher_sampler": sampler_name(teacher_sampler),
