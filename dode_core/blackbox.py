@@ -63,9 +63,16 @@ class _StandIn(ModelProxy):
         self.rows: list[torch.Tensor] = []  # the inputs themselves, only for the small coefficient probes
         self.record_rows = record_rows
         self.non_finite_call: int | None = None
+        self.given_args = None  # the layout of the extra_args the run was started with
+        self.name = ""
 
     def __call__(self, x, sigma, **extra_args):
         k = len(self.sigmas)
+        if _layout(extra_args) != self.given_args:
+            # e.g. ComfyUI's *_cfg_pp samplers register a post-CFG hook and step with the unconditional prediction
+            _refuse(self.name, f"passes the model arguments of its own ({_layout(extra_args)} instead of "
+                               f"{self.given_args}): it reads more from the model than the denoised output D-ODE "
+                               "corrects")
         self.sigmas.append(sigma_value(sigma))
         if self.non_finite_call is None and not bool(torch.isfinite(x).all()):
             self.non_finite_call = k
@@ -85,14 +92,21 @@ def private_rng(seed: int | None = None):
         yield
 
 
-def _probe_dtype(device: torch.device) -> torch.dtype:
-    return torch.float64 if device.type in ("cpu", "cuda") else torch.float32  # MPS, XPU, DirectML lack float64
-
-
 def tiny_latents(x: torch.Tensor, batch: int) -> torch.Tensor:
-    """``batch`` one-element latents with ``x``'s number of dimensions, on its device: probes run the sampler
-    on these, since its coefficients do not depend on the latent's size."""
-    return torch.zeros((batch,) + (1,) * (x.dim() - 1), dtype=_probe_dtype(x.device), device=x.device)
+    """``batch`` one-element latents with ``x``'s number of dimensions, device and dtype (at least float32: some
+    host samplers build float32 tables and mix them with the latent): probes run the sampler on these, since its
+    coefficients do not depend on the latent's size."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    return torch.zeros((batch,) + (1,) * (x.dim() - 1), dtype=dtype, device=x.device)
+
+
+def _layout(value, depth: int = 0):
+    """The key structure of (nested) extra_args, e.g. ``{'model_options': {'transformer_options': {}}}``."""
+    if isinstance(value, dict) and depth < 4:
+        return {str(key): _layout(item, depth + 1) for key, item in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)) and depth < 4:
+        return len(value)
+    return None
 
 
 def _run_probe(model, start, sigmas, sampler, stand_in: _StandIn, extra_args, options, seed):
@@ -100,6 +114,7 @@ def _run_probe(model, start, sigmas, sampler, stand_in: _StandIn, extra_args, op
         args = dict(extra_args or {})
         if seed is not None and "seed" in args:
             args["seed"] = seed  # noise seeded from extra_args (ComfyUI) must change with the probe's seed
+        stand_in.given_args, stand_in.name = _layout(args), sampler_name(sampler)
         return sampler(stand_in, start, sigmas, extra_args=args, callback=None, disable=True, **(options or {}))
 
 
@@ -279,10 +294,11 @@ def default_probe_sigmas() -> torch.Tensor:
 def refusal_reason(sampler, *, options=None, sigmas=None, extra_args=None, model=None) -> str | None:
     """Why D-ODE cannot fit ``sampler`` (injects noise, adapts its steps, not affine, non-finite, does not call
     the model at every step), or None when it can. Free: it runs only on stand-ins. Hosts build their sampler
-    lists with it from the samplers they offer at run time."""
-    sigmas = default_probe_sigmas() if sigmas is None else sigmas
+    lists with it from the samplers they offer at run time, passing as ``model`` an object with the attributes
+    their samplers read from the model (ComfyUI's read ``model.inner_model...model_sampling``)."""
+    sigmas = default_probe_sigmas().float() if sigmas is None else sigmas
     try:
-        sampler_map = measure_sampler(model, torch.zeros(1, 1, 1, 1), sigmas, sampler, extra_args=extra_args,
+        sampler_map = measure_sampler(model, torch.zeros(1, 4, 1, 1), sigmas, sampler, extra_args=extra_args,
                                       options=options)
         check_follows_schedule(sampler_map, sigmas, sampler_name(sampler))
     except SamplerRefusedError as error:
@@ -311,5 +327,6 @@ def close_enough(actual: torch.Tensor, expected: torch.Tensor, scale: float) -> 
     """
     eps = torch.finfo(actual.dtype).eps if actual.dtype.is_floating_point else 1e-7
     rel_tol = min(max(1e3 * eps, 1e-6), 1e-2)
-    error = float((actual.double() - expected.double()).norm())
+    # in actual's dtype, on expected's device: no float64 on devices that lack it
+    error = float((actual.to(expected.device, expected.dtype) - expected).norm())
     return math.isfinite(error) and error <= rel_tol * max(scale, 1e-12)
