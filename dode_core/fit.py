@@ -190,7 +190,7 @@ def run_teacher(model, x, grid, teacher, wanted_sigmas, teacher_calls, *, extra_
     model inputs (the last call at each sigma) and, at sigma 0, from its result."""
     indices = _teacher_call_indices(teacher_calls, wanted_sigmas, sampler_name(teacher))
     recorder = _Recorder(model, indices)
-    final = teacher(recorder, x.clone(), grid, extra_args=dict(extra_args or {}), callback=None, disable=True,
+    final = teacher(recorder, x.clone(), grid.clone(), extra_args=dict(extra_args or {}), callback=None, disable=True,
                     **(options or {}))
     final = final.detach().to("cpu", copy=True)
     return [final if i is None else recorder.states[i] for i in indices]
@@ -277,6 +277,7 @@ class _LiveFit(ModelProxy):
         self.given: list[torch.Tensor] = []  # the last outputs_kept corrected outputs the sampler was given
         self.start: torch.Tensor | None = None
         self.predicted: torch.Tensor | None = None  # the next input the map predicts
+        self.predicted_scale = 0.0  # the norms of the terms summed into it, for the rounding tolerance
         self.fits: list[_CallFit] = []
 
     def refuse(self, why: str):
@@ -284,7 +285,7 @@ class _LiveFit(ModelProxy):
                                   "fixed steps that is affine in the denoised output (euler, heun, dpmpp_2m, ...).")
 
     def check_state(self, actual: torch.Tensor, where: str) -> None:
-        if not close_enough(actual.to(self.predicted.dtype), self.predicted, float(self.predicted.norm())):
+        if not close_enough(actual.to(self.predicted.dtype), self.predicted, self.predicted_scale):
             self.refuse(f"did not reach the state its stand-in probes predicted {where} (it injects noise, keeps "
                         "state between runs, or is not affine in the denoised output)")
 
@@ -306,12 +307,14 @@ class _LiveFit(ModelProxy):
         # x_next(λ) = x_zero + own * sum_j λ_j term_j, all in the outputs' working precision
         step = self.map.steps[k]
         x_zero = x.to(denoised.dtype) * step.alpha
+        scale = abs(step.alpha) * float(x.norm())
         if step.gamma:
             x_zero.add_(self.start.to(denoised.dtype), alpha=step.gamma)
+            scale += abs(step.gamma) * float(self.start.norm())
         earlier = self.given[len(self.given) - (len(step.betas) - 1):] if len(step.betas) > 1 else []
-        for beta, output in zip(step.betas[:-1], earlier, strict=True):
+        for beta, output in zip(step.betas, earlier + [denoised], strict=True):
             x_zero.add_(output, alpha=beta)
-        x_zero.add_(denoised, alpha=step.own)
+            scale += abs(beta) * float(output.norm())
         vs = [term * step.own for term in terms]
 
         fit = self.fit_count
@@ -322,7 +325,8 @@ class _LiveFit(ModelProxy):
         corrected = apply_correction(denoised, terms, lambdas_k[: len(terms)])
         for lam, v in zip(lambdas_k.tolist(), vs, strict=False):
             x_zero.add_(v, alpha=lam)
-        self.predicted = x_zero
+            scale += abs(lam) * float(v.norm())
+        self.predicted, self.predicted_scale = x_zero, scale
         self.given.append(corrected)
         del self.given[: -max(self.map.outputs_kept, 1)]
         return corrected
@@ -387,7 +391,7 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
     max_terms = AUTO_MAX_HISTORY if history == "auto" else history
     checked.role = "student run"
     live = _LiveFit(checked, name, sampler_map, targets, fit_count, history, max_terms)
-    dode_final = sampler(live, x.clone(), sigmas, extra_args=dict(extra_args), callback=None, disable=True,
+    dode_final = sampler(live, x.clone(), sigmas.clone(), extra_args=dict(extra_args), callback=None, disable=True,
                          **(options or {}))
     if len(live.fits) != calls:
         live.refuse(f"made {len(live.fits)} model calls, not the {calls} of its free probe run")
@@ -395,7 +399,7 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
     lambdas = torch.stack([fit.lambdas.float().cpu() for fit in live.fits])
 
     checked.role = "base run"
-    base_final = sampler(checked, x.clone(), sigmas, extra_args=dict(extra_args), callback=None, disable=True,
+    base_final = sampler(checked, x.clone(), sigmas.clone(), extra_args=dict(extra_args), callback=None, disable=True,
                          **(options or {}))
     teacher_final = targets[-1]
     held = slice(fit_count, batch)
@@ -470,5 +474,5 @@ class _Fixed(ModelProxy):
 
 
 def _run_with(model, x, sigmas, sampler, lam: Lambdas, extra_args, options):
-    return sampler(_Fixed(model, lam), x.clone(), sigmas, extra_args=dict(extra_args), callback=None, disable=True,
-                   **(options or {}))
+    return sampler(_Fixed(model, lam), x.clone(), sigmas.clone(), extra_args=dict(extra_args), callback=None,
+                   disable=True, **(options or {}))

@@ -54,6 +54,9 @@ def main(argv=None) -> None:
     parser.add_argument("--calls", type=int, nargs="+", default=[4, 6, 8])
     parser.add_argument("--history", nargs="+", default=["1"])
     parser.add_argument("--samplers", nargs="*", default=None, help="a subset of ComfyUI's list")
+    parser.add_argument("--fit-batch", type=int, default=32)
+    parser.add_argument("--holdout", type=int, default=12)
+    parser.add_argument("--test-batch", type=int, default=128)
     args = parser.parse_args(argv)
     sys.path[:0] = [args.comfy_dir, ROOT, os.path.join(ROOT, "tests")]
 
@@ -72,8 +75,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     model = HostLike(KDEDenoiser(digits_data(), bandwidth=0.3), host_model_sampling())
     # float32 latents and sigmas, as ComfyUI passes them (its UniPC cannot take float64)
-    fit_noise = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    test_noise = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    fit_noise = torch.randn(args.fit_batch, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    test_noise = torch.randn(args.test_batch, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     reference_sigmas = comfy_sampling.get_sigmas_karras(400, SIGMA_MIN, SIGMA_MAX)
     reference = sample_dpmpp_2m_teacher(model, test_noise * SIGMA_MAX, reference_sigmas)
 
@@ -100,7 +103,7 @@ def main(argv=None) -> None:
                 started = time.perf_counter()
                 try:
                     lam = distill(model, fit_noise * SIGMA_MAX, sigmas, function,
-                                  history=history if history == "auto" else int(history))
+                                  history=history if history == "auto" else int(history), holdout=args.holdout)
                 except (SamplerRefusedError, NoGainError) as error:
                     row["refused"] = str(error)
                 else:
