@@ -70,29 +70,28 @@ class TeacherRecorder(ModelProxy):
         index = int(distances.argmin())
         return index if math.isclose(float(self.grid[index]), sigma, rel_tol=1e-5, abs_tol=1e-9) else None
 
-    def stacked(self, final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(states, denoised)``: states (G+1, batch, ...) with the sampler's result at the last grid point,
-        denoised (G, batch, ...). Raises when the teacher skipped a grid sigma."""
+    def lists(self, final: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(states, denoised)`` in grid order: G + 1 states with the sampler's result last, G denoised outputs.
+        Raises when the teacher skipped a grid sigma."""
         positive = len(self.grid) - 1
         missing = [i for i in range(positive) if i not in self.states]
         if missing:
             raise ValueError(f"the teacher made no model call at {len(missing)} of the {positive} grid sigmas "
                              f"(first: {float(self.grid[missing[0]]):.4g}); a fitted schedule needs a teacher "
                              "that calls the model once at every sigma of its schedule (euler, dpmpp_2m, lms, heun).")
-        states = torch.stack([self.states[i] for i in range(positive)]
-                             + [final.detach().to("cpu", self.states[0].dtype)])
-        return states, torch.stack([self.denoised[i] for i in range(positive)])
+        states = [self.states.pop(i) for i in range(positive)]
+        states.append(final.detach().to("cpu", states[0].dtype, copy=True))
+        return states, [self.denoised.pop(i) for i in range(positive)]
 
 
-def one_step_costs(grid: torch.Tensor, states: torch.Tensor, denoised: torch.Tensor, *, power: float = 1.0,
-                   chunk: int = 16) -> torch.Tensor:
+def one_step_costs(grid: torch.Tensor, states, denoised, *, power: float = 1.0, chunk: int = 16) -> torch.Tensor:
     """The (G+1, G+1) matrix of edge costs, ``inf`` where ``j <= i``:
 
         cost_ij = mean_b ( RMS_b( D_i + (s_j / s_i) (X_i - D_i) - X_j ) ) ^ power
 
-    grid: (G+1,) sigmas ending in 0; states: (G+1, B, ...) teacher states (the last is its result);
-    denoised: (G, B, ...) its outputs at the positive sigmas. Formed in float64, ``chunk`` targets at a time, so
-    the extra memory is ``chunk`` float64 states.
+    grid: (G+1,) sigmas ending in 0; states: G+1 teacher states (B, ...) (the last is its result); denoised: its G
+    outputs at the positive sigmas (a stacked tensor or a list). Formed in float64, ``chunk`` targets at a time,
+    so the extra memory is ``chunk`` float64 states.
     """
     count = len(grid)
     sigma = grid.double()
@@ -102,7 +101,8 @@ def one_step_costs(grid: torch.Tensor, states: torch.Tensor, denoised: torch.Ten
         for start in range(i + 1, count, chunk):
             stop = min(start + chunk, count)
             ratio = (sigma[start:stop] / sigma[i]).view(-1, *([1] * x_i.dim()))
-            error = d_i + ratio * (x_i - d_i) - states[start:stop].double()
+            targets = torch.stack([states[j] for j in range(start, stop)]).double()
+            error = d_i + ratio * (x_i - d_i) - targets
             rms = error.flatten(2).square().mean(-1).sqrt()  # (targets, B)
             costs[i, start:stop] = rms.pow(power).mean(-1)
     return costs
@@ -132,8 +132,7 @@ def cheapest_path(costs: torch.Tensor, steps: int) -> list[int]:
     return path[::-1]
 
 
-def choose_schedule(grid: torch.Tensor, states: torch.Tensor, denoised: torch.Tensor, steps: int,
-                    **cost_options) -> tuple[torch.Tensor, list[int]]:
+def choose_schedule(grid: torch.Tensor, states, denoised, steps: int, **cost_options) -> tuple[torch.Tensor, list[int]]:
     """The ``steps``-step schedule (float64, ``steps + 1`` sigmas ending in 0) with the least summed one-step error
     on the teacher run, and its grid indices."""
     path = cheapest_path(one_step_costs(grid, states, denoised, **cost_options), steps)
@@ -166,15 +165,18 @@ def check_calls_on_schedule(call_sigmas: list[float], sigmas: torch.Tensor, name
 class DenseTeacherRun:
     """One teacher run over a dense grid, kept for both uses: the schedule choice and the λ targets.
 
-    grid: (G+1,) float64 sigmas ending in 0; states: (G+1, B, ...) on the CPU (the result last); denoised: (G, B, ...).
+    grid: (G+1,) float64 sigmas ending in 0; states: G+1 latents (B, ...) on the CPU (the result last); denoised:
+    the G outputs at the positive sigmas.
     """
 
-    def __init__(self, grid: torch.Tensor, states: torch.Tensor, denoised: torch.Tensor):
+    def __init__(self, grid: torch.Tensor, states: list[torch.Tensor], denoised: list[torch.Tensor]):
         self.grid, self.states, self.denoised = grid, states, denoised
 
-    def choose(self, steps: int) -> tuple[torch.Tensor, list[int]]:
-        """The ``steps``-step schedule with the least summed one-step error (float64) and its grid indices."""
-        return choose_schedule(self.grid, self.states, self.denoised, steps)
+    def choose(self, steps: int, latents: int | None = None) -> tuple[torch.Tensor, list[int]]:
+        """The ``steps``-step schedule with the least summed one-step error (float64) and its grid indices, judged
+        on the first ``latents`` of the batch (the fit latents; the held-out ones must not choose it)."""
+        keep = slice(None) if latents is None else slice(0, latents)
+        return choose_schedule(self.grid, [s[keep] for s in self.states], [d[keep] for d in self.denoised], steps)
 
     def state_at(self, sigma: float) -> torch.Tensor:
         """The teacher's state at a grid sigma (its result at 0)."""
@@ -182,7 +184,7 @@ class DenseTeacherRun:
         index = int(distances.argmin())
         if not math.isclose(float(self.grid[index]), sigma, rel_tol=1e-5, abs_tol=1e-9):
             raise ValueError(f"sigma {sigma:.6g} is not on the teacher grid")
-        return self.states[index]
+        return self.states[index].clone()  # not a view: the run can be freed once the targets are read
 
 
 def run_dense_teacher(model, x, grid: torch.Tensor, teacher, *, extra_args=None, options=None) -> DenseTeacherRun:
@@ -191,5 +193,5 @@ def run_dense_teacher(model, x, grid: torch.Tensor, teacher, *, extra_args=None,
     recorder = TeacherRecorder(model, grid)
     final = teacher(recorder, x.clone(), grid.to(x.device), extra_args=dict(extra_args or {}), callback=None,
                     disable=True, **(options or {}))
-    states, denoised = recorder.stacked(final)
+    states, denoised = recorder.lists(final)
     return DenseTeacherRun(grid.double().cpu(), states, denoised)

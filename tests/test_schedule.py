@@ -10,8 +10,8 @@ import torch
 from dode_core import SamplerRefusedError
 from dode_core.schedule import (
     TeacherRecorder,
-    check_calls_on_schedule,
     cheapest_path,
+    check_calls_on_schedule,
     dense_grid,
     one_step_costs,
     run_dense_teacher,
@@ -82,7 +82,7 @@ def test_the_recorder_keeps_heuns_state_not_its_predictor_stage(K):
     recorder = TeacherRecorder(model, grid)
     final = K.sample_heun(recorder, x.clone(), grid, callback=lambda info: reported.update({info["i"]: info["x"]}),
                           disable=True)
-    states, denoised = recorder.stacked(final)
+    states, denoised = recorder.lists(final)
     for i in range(len(grid) - 1):
         assert torch.equal(states[i], reported[i])
         assert torch.equal(denoised[i], model(reported[i], grid[i]))
@@ -95,7 +95,7 @@ def test_the_recorder_says_which_grid_sigma_the_teacher_skipped(K):
     final = K.sample_euler(recorder, torch.ones(2, 1, 2, 2, dtype=torch.float64) * 20, grid[[0, 2, 3, 4, 5, 6]],
                            disable=True)
     with pytest.raises(ValueError, match=r"no model call at 1 of the 6 grid sigmas \(first: 8.50"):
-        recorder.stacked(final)
+        recorder.lists(final)
 
 
 def test_a_dense_euler_teacher_on_the_exact_gaussian_gives_the_cost_of_euler_steps(K):
@@ -106,7 +106,7 @@ def test_a_dense_euler_teacher_on_the_exact_gaussian_gives_the_cost_of_euler_ste
     x = torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 80
     run = run_dense_teacher(gaussian, x, grid, K.sample_dpmpp_2m)
     exact = torch.stack([gaussian.ode_solution(x, 80.0, float(s)) for s in grid])
-    assert float((run.states - exact).abs().max()) < 1e-3 * float(exact.abs().max())
+    assert float((torch.stack(run.states) - exact).abs().max()) < 1e-3 * float(exact.abs().max())
 
     schedule, path = run.choose(4)
     assert len(schedule) == 5 and float(schedule[0]) == 80.0 and float(schedule[-1]) == 0.0
