@@ -344,11 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     accuracy_text, accuracy = timed(title, accuracy_section, config)
     timing_text, timing = timed("Wall time of sample() vs the base sampler", timing_section, config)
     count_text, counts = timed("Model calls: distill vs teacher + student", count_section, config)
+    import headline  # bench/headline.py: D-ODE with a fitted schedule vs the best base at n, 1.5n, 2n calls
+
+    headline_text = headline.headline_report(headline.QUICK if args.quick else headline.FULL, ["demo", "kde"])
     line = summary(accuracy, timing, counts, time.perf_counter() - start)
     print(line)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(f"{accuracy_text}\n{timing_text}\n{count_text}\n{line}\n")
+        args.out.write_text(f"{accuracy_text}\n{timing_text}\n{count_text}\n{headline_text}\n{line}\n")
     return 0
 
 

@@ -11,7 +11,8 @@ HEADER = 18
 
 
 def image_grid(rows, path: str) -> None:
-    """One line per (sampler, budget): reference | base | D-ODE, the same noise in each column."""
+    """One line per (sampler, budget, schedule): reference | base | D-ODE, the same noise in each column; base and
+    D-ODE run on the line's schedule (Karras, or the fitted one)."""
     from PIL import Image, ImageDraw
 
     panels = ["reference", "base", "D-ODE"]
@@ -26,7 +27,7 @@ def image_grid(rows, path: str) -> None:
         draw.text((LABEL_WIDTH + p * (panel_width + 3 * GAP), 3), panel, fill=0)
     for r, row in enumerate(rows):
         top = HEADER + r * (tile + GAP)
-        draw.text((4, top + tile // 2 - 12), f"{row.sampler}\n{row.calls} calls", fill=0)
+        draw.text((4, top + tile // 2 - 18), f"{row.sampler}\n{row.calls} calls\n{row.schedule} schedule", fill=0)
         for p, panel in enumerate(panels):
             for i, image in enumerate(row.images[panel]):
                 left = LABEL_WIDTH + p * (panel_width + 3 * GAP) + i * (tile + GAP)
@@ -42,7 +43,8 @@ def _to_pil(image: torch.Tensor):
 
 
 def lambda_plot(rows, path: str) -> None:
-    """Per sampler: λ per model call (one line per budget and term), and the fit error per call before/after."""
+    """Per sampler: λ per model call (one line per budget, schedule and term; fitted schedules dashed, with squares),
+    and the fit error per call before/after."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,16 +54,20 @@ def lambda_plot(rows, path: str) -> None:
     figure, axes = plt.subplots(2, len(samplers), figsize=(5 * len(samplers), 7), squeeze=False)
     for column, name in enumerate(samplers):
         lam_axis, error_axis = axes[0][column], axes[1][column]
-        for index, row in enumerate(r for r in rows if r.sampler == name):
-            color = f"C{index}"
+        budgets = list(dict.fromkeys(r.calls for r in rows if r.sampler == name))
+        for row in (r for r in rows if r.sampler == name):
+            color, fitted = f"C{budgets.index(row.calls)}", row.schedule == "fitted"
+            marker, style = ("s", "--") if fitted else ("o", "-")
+            tag = f"{row.calls} calls, {row.schedule}"
             calls = range(row.calls)
             for term in range(len(row.lambdas[0])):
                 values = [row.lambdas[k][term] for k in calls]
-                lam_axis.plot(calls, values, marker="o", color=color, linestyle=["-", "--", ":"][term % 3],
-                              label=f"{row.calls} calls" + (f", term {term + 1}" if len(row.lambdas[0]) > 1 else ""))
-            error_axis.semilogy(calls, row.fit_rmse_before, marker="x", linestyle="--", color=color,
-                                label=f"{row.calls} calls, λ = 0")
-            error_axis.semilogy(calls, row.fit_rmse_after, marker="o", color=color, label=f"{row.calls} calls, fitted")
+                lam_axis.plot(calls, values, marker=marker, color=color, linestyle=style, alpha=1.0 - 0.3 * term,
+                              label=tag + (f", term {term + 1}" if len(row.lambdas[0]) > 1 else ""))
+            error_axis.semilogy(calls, row.fit_rmse_before, marker="x", linestyle=":", color=color,
+                                label=f"{tag}, λ = 0")
+            error_axis.semilogy(calls, row.fit_rmse_after, marker=marker, linestyle=style, color=color,
+                                label=f"{tag}, λ fitted")
         lam_axis.axhline(0, color="grey", linewidth=0.5)
         lam_axis.set(title=f"{name}: λ per model call", xlabel="model call", ylabel="λ")
         error_axis.set(title=f"{name}: fit error per call", xlabel="model call",
