@@ -172,7 +172,7 @@ def headline(problem: Problem, config: Config) -> tuple[str, list[dict]]:
     cache: dict = {}
     rows = []
     for n in config.nfes:
-        row = {"n": n}
+        row = {"calls": n}
         for key, fitted in (("user", False), ("fitted", True)):
             row[key], row[f"{key}_s"], row[f"{key}_error"] = dode_score(problem, x_fit, x_eval, reference, n, fitted,
                                                                         config.teacher_factor)
@@ -193,7 +193,7 @@ def headline(problem: Problem, config: Config) -> tuple[str, list[dict]]:
                                              f"{'yes' if fitted.fd <= at15[1].fd else 'no'} "
                                              f"({fitted.fd / at15[1].fd:.2f}x)")
         bases = [f"{at[0].rmse:.4f} / {at[1].fd:.3f}" for at in (row["n"], row["1.5n"], row["2n"])]
-        lines.append(f"| {row['n']} | {cell(row['user'])} | {cell(fitted)} | {' | '.join(bases)} | {verdict} | "
+        lines.append(f"| {row['calls']} | {cell(row['user'])} | {cell(fitted)} | {' | '.join(bases)} | {verdict} | "
                      f"{row['user_s']:.1f} / {row['fitted_s']:.1f} |")
     lines.append("")
     lines.append(f"Cells: held-out RMSE to the reference / FD (reference run itself: FD {floor.fd:.3f}). Best base "
@@ -202,7 +202,7 @@ def headline(problem: Problem, config: Config) -> tuple[str, list[dict]]:
         parts = [f"@{label}: {row[label][0].label} (RMSE), {row[label][1].label} (FD)"
                  for label in ("n", "1.5n", "2n")]
         fitted = row["fitted"].label if row["fitted"] is not None else row["fitted_error"]
-        lines.append(f"- n = {row['n']}: {fitted}; " + "; ".join(parts))
+        lines.append(f"- n = {row['calls']}: {fitted}; " + "; ".join(parts))
     return "\n".join(lines), rows
 
 

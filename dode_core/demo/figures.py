@@ -27,7 +27,7 @@ def image_grid(rows, path: str) -> None:
         draw.text((LABEL_WIDTH + p * (panel_width + 3 * GAP), 3), panel, fill=0)
     for r, row in enumerate(rows):
         top = HEADER + r * (tile + GAP)
-        draw.text((4, top + tile // 2 - 18), f"{row.sampler}\n{row.calls} calls\n{row.schedule} schedule", fill=0)
+        draw.text((4, top + tile // 2 - 18), f"{row.sampler}\n{row.calls} calls\n{row.schedule}", fill=0)
         for p, panel in enumerate(panels):
             for i, image in enumerate(row.images[panel]):
                 left = LABEL_WIDTH + p * (panel_width + 3 * GAP) + i * (tile + GAP)
