@@ -97,7 +97,7 @@ def main(argv=None) -> None:
                 model, fit_noise, comfy_sampling.get_sigmas_karras(s, SIGMA_MIN, SIGMA_MAX), function)[0])
                 <= max(calls, 3))
             sigmas = comfy_sampling.get_sigmas_karras(steps, SIGMA_MIN, SIGMA_MAX)
-            base = rmse(function(model, test_noise * SIGMA_MAX, sigmas, extra_args={}, disable=True))
+            base = rmse(function(model, test_noise * SIGMA_MAX, sigmas.clone(), extra_args={}, disable=True))
             for history in args.history:
                 row = {"sampler": name, "steps": steps, "history": history, "base": base}
                 started = time.perf_counter()
