@@ -57,7 +57,12 @@ def main(argv=None) -> None:
     parser.add_argument("--fit-batch", type=int, default=32)
     parser.add_argument("--holdout", type=int, default=12)
     parser.add_argument("--test-batch", type=int, default=128)
+    parser.add_argument("--markdown", metavar="JSONL", help="print the table of an earlier run's output and exit")
     args = parser.parse_args(argv)
+    if args.markdown:
+        with open(args.markdown) as handle:
+            print(markdown([json.loads(line) for line in handle if line.startswith("{")]))
+        return
     sys.path[:0] = [args.comfy_dir, ROOT, os.path.join(ROOT, "tests")]
 
     import comfy.cli_args
@@ -112,6 +117,30 @@ def main(argv=None) -> None:
                                heldout=lam.heldout(), lambda_scale=float(lam.metadata["lambda_scale"]))
                 row["seconds"] = round(time.perf_counter() - started, 2)
                 print(json.dumps(row), flush=True)
+
+
+def markdown(rows) -> str:
+    """One line per sampler: RMSE to the converged run, base -> D-ODE (ratio) per budget and history; or why not."""
+    budgets = sorted({(row["steps"], row.get("calls", 0)) for row in rows if "steps" in row})
+    histories = sorted({row["history"] for row in rows if "history" in row}, key=str)
+    lines = ["| sampler | " + " | ".join(f"h={h}" for h in histories) + " |", "| --- |" + " --- |" * len(histories)]
+    for name in dict.fromkeys(row["sampler"] for row in rows):
+        mine = [row for row in rows if row["sampler"] == name]
+        if "steps" not in mine[0]:
+            why = mine[0]["refused"].split(";")[0].split(": ", 1)[0].split(" (")[0].split(" on this")[0]
+            lines.append(f"| {name} | refused: {why.removeprefix('sampler ')} |" + " |" * (len(histories) - 1))
+            continue
+        cells = []
+        for history in histories:
+            parts = []
+            for row in (r for r in mine if r["history"] == history):
+                calls = row.get("calls") or "?"
+                parts.append(f"{calls} calls {row['base']:.3f}->{row['dode']:.3f} ({row['dode'] / row['base']:.2f})"
+                             if "dode" in row else f"{row['steps']} steps: no gain, refused")
+            cells.append("; ".join(parts))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    del budgets
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
