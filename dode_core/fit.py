@@ -388,6 +388,7 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
     teacher_call_sigmas = _check_teacher(model, x, grid, teacher, extra_args, teacher_options)
     calls = len(call_sigmas)
     progress = _Progress(callback, len(teacher_call_sigmas) + 2 * calls)
+    progress.report()  # (0, total): the host learns the cost, and may cancel, before the first model call
     checked = _CheckedModel(model, progress)
 
     # target of call k: the state the sampler reaches next, at the sigma of call k+1 (the end, for the last)
