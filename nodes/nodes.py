@@ -415,8 +415,8 @@ class DODEDistill(io.ComfyNode):
                 *_fit_widgets()[2:4],
                 io.String.Input("filename", default="", tooltip=TIPS["filename"]),
                 io.Latent.Input("latent", optional=True, tooltip=TIPS["latent"]),
-                _fit_widgets()[1],
-                _fit_widgets()[4],
+                # new in 0.2; optional so that API prompts written for 0.1 still validate
+                *[_optional(widget) for widget in (_fit_widgets()[1], _fit_widgets()[4])],
             ],
             outputs=_distill_outputs(),
             hidden=[io.Hidden.prompt, io.Hidden.unique_id],
@@ -473,6 +473,11 @@ def _fit_widgets():
         io.Boolean.Input("fit_schedule", default=False, tooltip=TIPS["fit_schedule"]),
         io.String.Input("filename", default="", tooltip=TIPS["filename"]),
     ]
+
+
+def _optional(widget):
+    widget.optional = True
+    return widget
 
 
 def _distill_outputs():

@@ -135,3 +135,30 @@ NODE_CLASS_MAPPINGS = {
     "DODETestShowText": DODETestShowText,
     "DODETestImageStats": DODETestImageStats,
 }
+
+
+# Two extra sampler names in ComfyUI's own lists (in place, as node packs do), to show that the D-ODE dropdown is
+# read from the host at run time and filtered by dode_core: a deterministic copy of Euler must be offered, a
+# noise-injecting one must not.
+def _register_test_samplers():
+    import comfy.k_diffusion.sampling as sampling
+    import comfy.samplers
+
+    def sample_test_euler_copy(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        return sampling.sample_euler(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable)
+
+    def sample_test_noisy_euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        seed = (extra_args or {}).get("seed") or 0
+        generator = torch.Generator().manual_seed(int(seed) + 17)
+        x = x + 0.01 * torch.randn(x.shape, generator=generator).to(x)
+        return sampling.sample_euler(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable)
+
+    for function in (sample_test_euler_copy, sample_test_noisy_euler):
+        setattr(sampling, function.__name__, function)
+        name = function.__name__.removeprefix("sample_")
+        for names in (comfy.samplers.KSAMPLER_NAMES, comfy.samplers.SAMPLER_NAMES):
+            if name not in names:
+                names.append(name)
+
+
+_register_test_samplers()
