@@ -557,7 +557,7 @@ class DODESampler(io.ComfyNode):
             name, path = files[0]
             lam = dode_core.load_lambdas(path)
             sampler = dode_sampler(None, None, AUTO_FILE, lookup=auto_lookup)
-            lines = [f"auto: the newest λ file matching the run's schedule (newest now: {name})"]
+            lines = [f"auto: the newest lambda file matching the run's schedule (newest now: {name})"]
         else:
             path = full_path(lambdas)
             if path is None:

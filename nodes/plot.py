@@ -3,9 +3,11 @@ error per call before (λ = 0) and after. PIL only. ComfyUI shows it on the node
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 WIDTH, HEIGHT, PAD = 768, 320, 36
 
@@ -38,17 +40,22 @@ def _panel(draw, box, series, title, colors, labels, zero_line=False):
         draw.text((x1 - 150, y0 + 4 + 14 * k), label, fill=color)
 
 
-LINE = 15
+LINE = 20
 
 
 def plot_fit(lam, lines=()) -> torch.Tensor:
     """(1, H, W, 3) float image in [0, 1]; ``lines`` of text above the two panels (warnings start with '!')."""
-    lines = [str(line)[:120] for line in lines]
+    lines = [(piece, str(line).startswith("!")) for line in lines
+             for piece in textwrap.wrap(str(line), 92, subsequent_indent="  ")][:12]
     header = LINE * len(lines) + (8 if lines else 0)
     image = Image.new("RGB", (WIDTH, HEIGHT + header), (24, 24, 24))
     text = ImageDraw.Draw(image)
-    for i, line in enumerate(lines):
-        text.text((8, 6 + LINE * i), line, fill=(255, 200, 80) if line.startswith("!") else (235, 235, 235))
+    try:
+        font = ImageFont.load_default(size=15)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    for i, (line, warning) in enumerate(lines):
+        text.text((8, 6 + LINE * i), line, font=font, fill=(255, 200, 80) if warning else (235, 235, 235))
     panels = Image.new("RGB", (WIDTH, HEIGHT), (24, 24, 24))
     draw = ImageDraw.Draw(panels)
     lambdas = lam.lambdas.float()
