@@ -28,25 +28,9 @@ def host_sampler(name: str):
 def _refusal(name: str, function) -> str | None:
     sampler = host_sampler(name)
     try:
-        return _refusal_reason(function, dict(sampler.extra_options or {}))
+        return dode_core.refusal_reason(function, options=dict(sampler.extra_options or {}))
     except Exception as error:  # a sampler that cannot even be probed is not offered
         return f"{type(error).__name__}: {error}"
-
-
-def _refusal_reason(function, options) -> str | None:
-    reason = getattr(dode_core, "refusal_reason", None)
-    if reason is not None:
-        return reason(function, options=options)
-    # TEMPORARY until dode_core.refusal_reason lands: the determinism probe on a stand-in
-    import torch
-
-    sigmas = torch.tensor([14.6, 6.0, 2.0, 0.6, 0.03, 0.0])
-    try:
-        dode_core.blackbox.check_deterministic(lambda x, sigma, **kw: x * 0.5, torch.randn(1, 4, 4, 4) * 14.6,
-                                               sigmas, function, options=options)
-    except Exception as error:
-        return str(error)
-    return None
 
 
 def refusal(name: str) -> str | None:

@@ -192,6 +192,10 @@ def test_guider_distill_then_sample_is_closer_to_the_reference(server, model_typ
     assert meta["host"].startswith("ComfyUI 0.3.75")
     info = entry["outputs"]["info"]["text"][0]
     assert info.startswith(f"lambda file: {name}  (new fit)"), info
+    held_base, held_dode, held_count = lam.heldout()
+    assert held_dode < held_base and held_count == 1  # batch 4: one latent held out
+    assert (f"held-out RMSE to the teacher on 1 latents: base {held_base:.4g} -> D-ODE {held_dode:.4g} "
+            f"({held_dode / held_base:.2f}x)") in info, info
     distill_ui = entry["outputs"]["distill"]
     assert distill_ui["lambda_file"] == [name]
     assert distill_ui["images"][0]["type"] == "temp"  # the plot with the file name, shown on the node
@@ -273,6 +277,15 @@ def test_mismatch_warning_for_another_model_and_guidance(server):
     graph = sample_graph(dode_sampler(name, guider=True), cfg=2.0)
     graph["sampler_info"] = {"class_type": "DODETestShowText", "inputs": {"text": ["sampler", 2]}}
     assert "!" not in run_ok(server, graph)["outputs"]["sampler_info"]["text"][0]
+
+
+def test_no_gain_is_the_node_error_and_writes_no_file(server):
+    graph = distill_graph("no_gain")
+    graph["model"]["inputs"]["weight_scale"] = 0.0  # the net predicts no noise: the base sampler is already exact
+    message = run_error(server, graph)
+    assert "NoGainError" in message and "did not beat the base sampler 'euler'" in message, message
+    assert "no λ file was written" in message
+    assert not [f for f in files(server) if f.startswith("no_gain")]
 
 
 def test_schedule_mismatch_is_a_clear_node_error(server):
@@ -357,7 +370,8 @@ def test_distill_reports_progress_over_the_websocket(server):
     entry = server.wait(prompt_id)
     assert final == "execution_success", error_message(entry) + "\n" + server.log_tail()
     lam = load_lambdas(os.path.join(lambdas_dir(server), distilled_name(entry)))
-    total = int(lam.metadata["teacher_calls"]) + lam.calls
+    # teacher + the student run + the base run on the held-out latents (+ any shrunk-λ check)
+    total = int(lam.metadata["teacher_calls"]) + lam.calls + int(lam.metadata["proof_calls"])
     values = [e["value"] for e in events if e["node"] == "distill"]
     assert values, f"no progress events for the distill node: {events}"
     assert all(e["max"] == total for e in events if e["node"] == "distill")

@@ -38,7 +38,7 @@ def tiny_unet_config():
     }
 
 
-def build_tiny_model(model_type: str, seed: int):
+def build_tiny_model(model_type: str, seed: int, weight_scale: float = 0.5):
     config = _TinyConfig(tiny_unet_config())
     model = comfy.model_base.BaseModel(config, model_type=MODEL_TYPES[model_type], device=torch.device("cpu"))
     generator = torch.Generator().manual_seed(seed)
@@ -50,7 +50,7 @@ def build_tiny_model(model_type: str, seed: int):
                 param.fill_(1.0)
             else:
                 fan_in = param[0].numel()
-                param.copy_(torch.randn(param.shape, generator=generator) * (0.5 / fan_in ** 0.5))
+                param.copy_(torch.randn(param.shape, generator=generator) * (weight_scale / fan_in ** 0.5))
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
 
@@ -62,10 +62,12 @@ class DODETestTinyModel:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model_type": (list(MODEL_TYPES),), "seed": ("INT", {"default": 0, "min": 0})}}
+        return {"required": {"model_type": (list(MODEL_TYPES),), "seed": ("INT", {"default": 0, "min": 0})},
+                # 0: every matrix is zero, the net predicts no noise, and every ODE sampler is exact
+                "optional": {"weight_scale": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 4.0})}}
 
-    def build(self, model_type, seed):
-        return (build_tiny_model(model_type, seed),)
+    def build(self, model_type, seed, weight_scale=0.5):
+        return (build_tiny_model(model_type, seed, weight_scale),)
 
 
 class DODETestConditioning:
