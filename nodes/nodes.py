@@ -37,8 +37,8 @@ MAX_FIT_VALUES = 1 << 24  # batch x latent values (16.8M: batch 16 of a 16x128x1
 FIT_SEED = 0  # the noise seed of a distill without a NOISE input: the same inputs give the same file
 
 TIPS = {
-    "noise": "Optional. The fit's start noise (RandomNoise). Unconnected: a fixed seed (0), so re-queuing with "
-             "unchanged inputs reuses the file instead of fitting again.",
+    "noise": "Optional. The fit batch's start noise (RandomNoise). Unconnected: a fixed seed (0). The seed does not "
+             "make a new file: re-queuing with the same guider, sigmas, latent and settings reuses the file.",
     "guider": "What you sample with: CFGGuider, BasicGuider (+ FluxGuidance), DualCFGGuider, PerpNegGuider or any "
               "other GUIDER. The fit follows it exactly.",
     "sigmas": "The schedule to distill for (BasicScheduler, KarrasScheduler, AYS, ...). Sample with the same "
@@ -62,7 +62,8 @@ TIPS = {
     "positive": "Positive conditioning, as for SamplerCustom.",
     "negative": "Negative conditioning, as for SamplerCustom.",
     "cfg": "Classifier-free guidance scale: use the same value in the sampler node.",
-    "seed": "Noise seed of the fit batch. Fixed by default: the same inputs reuse the same file.",
+    "seed": "Noise seed of the fit batch (0 for a new node). It does not make a new file: re-queuing with the same "
+            "model, prompts, cfg, sigmas and settings reuses the file even when the seed was randomized.",
     "batch_size": "How many latents λ are fitted on (4 to 16 is reasonable; history 'auto' needs at least 4).",
     "width": "Image width in pixels (the latent is width/8); ignored when a latent is connected.",
     "height": "Image height in pixels (the latent is height/8); ignored when a latent is connected.",
@@ -186,7 +187,8 @@ def distill_node(cls, *, guider, noise, sigmas, latent, sampler_name, teacher_sa
         model=fingerprint, guider=identity.guider_fingerprint(guider), sigmas=[float(s) for s in sigmas],
         sampler=sampler_name, teacher=teacher_sampler, teacher_factor=int(teacher_factor), history=str(history),
         fit_schedule=bool(fit_schedule), latent=list(samples.shape), latent_content=identity.latent_digest(samples),
-        noise=type(noise).__name__ if noise is not None else "fixed", seed=seed,
+        # not the noise seed: λ do not depend on which noise they were fitted on, and a randomized seed widget
+        # must not refit on every queue
         options=repr(sorted((host.extra_options or {}).items())), filename=filename.strip())
     found = find_reusable(key)
     if found is not None:
@@ -407,7 +409,8 @@ class DODEDistill(io.ComfyNode):
                 io.Sigmas.Input("sigmas", tooltip=TIPS["sigmas"]),
                 _sampler_widget(),
                 io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=TIPS["cfg"]),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                # with its "control after generate" widget, as in 0.1: saved workflows store a value for it
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip=TIPS["seed"]),
                 io.Int.Input("batch_size", default=8, min=1, max=256, tooltip=TIPS["batch_size"]),
                 io.Int.Input("width", default=512, min=16, max=16384, step=8, tooltip=TIPS["width"]),

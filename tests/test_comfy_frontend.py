@@ -100,6 +100,21 @@ def test_example_loads_and_queues_from_the_page_without_missing_nodes_or_validat
     shot(page, name.replace(".json", "_loaded.png"))
 
 
+def test_workflows_saved_by_version_0_1_load_with_their_values_in_place(page):
+    with open(os.path.join(ROOT, "tests", "comfyui_host", "workflows_0_1", WORKFLOWS[0]), encoding="utf-8") as f:
+        page.load(json.load(f))
+    assert page.missing_node_types() == []
+    widgets = dict(page.js("return app.graph._nodes.find(n => n.type === 'DODEDistill').widgets"
+                           ".map(w => [w.name, w.value])"))
+    assert widgets == {"sampler_name": "dpmpp_2m", "cfg": 7, "seed": 0, "control_after_generate": "fixed",
+                       "batch_size": 8, "width": 512, "height": 512, "teacher_factor": 10, "history": "1",
+                       "filename": "sd15_dpmpp_2m_8steps_karras_cfg7_h1", "teacher_sampler": "auto",
+                       "fit_schedule": False}, widgets
+    with open(os.path.join(ROOT, "tests", "comfyui_host", "workflows_0_1", WORKFLOWS[1]), encoding="utf-8") as f:
+        page.load(json.load(f))
+    assert page.missing_node_types() == [] and "DODESampler" in page.node_types()
+
+
 def test_examples_run_from_the_page_with_the_test_model(page):
     results = {}
     for name in WORKFLOWS:  # workflow 2 uses the file workflow 1 writes ("auto")

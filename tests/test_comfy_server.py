@@ -6,6 +6,7 @@ that is a failure instead (see tests/comfyui_host/harness.py).
 
 import asyncio
 import glob
+import inspect
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import aiohttp
 import pytest
 
 from comfyui_host.harness import error_message, start_server
-from dode_core import load_lambdas
+from dode_core import distill, load_lambdas
 
 STEPS = 4
 SIZE = 64  # pixels: an 8x8 latent
@@ -159,7 +160,7 @@ def test_nodes_schema_tooltips_and_sampler_list_from_the_host(server):
     for name in ("model", "positive", "negative", "sigmas", "sampler_name", "cfg", "seed", "batch_size", "width",
                  "height", "teacher_factor", "history", "filename"):
         assert name in preset["required"], name
-    assert preset["required"]["seed"][1]["control_after_generate"] is False
+    assert preset["required"]["seed"][1]["control_after_generate"] is True  # as in 0.1: old widget values fit
 
     # the dropdown: ComfyUI's own list, in its order, filtered by dode_core at run time
     offered = required["sampler_name"][1]["options"]
@@ -218,11 +219,16 @@ def test_cfg_preset_accepts_a_0_1_api_prompt(server):
         "sampler_name": "euler", "cfg": 2.0, "seed": 1, "batch_size": 4, "width": SIZE, "height": SIZE,
         "teacher_factor": 4, "history": "1", "filename": ""}}
     graph["name"] = {"class_type": "DODETestShowText", "inputs": {"text": ["distill", 2]}}
+    graph["info"] = {"class_type": "DODETestShowText", "inputs": {"text": ["distill", 4]}}
     name = distilled_name(run_ok(server, graph))
     # <fingerprint (no checkpoint loader in the graph)>_<sampler>_<steps>steps_<scheduler>_cfg<cfg>_h<history>
     lam = load_lambdas(os.path.join(lambdas_dir(server), name))
     assert name == f"{lam.metadata['model_fingerprint'][:8]}_euler_4steps_karras_cfg2_h1.safetensors"
     assert lam.metadata["seed"] == "1" and json.loads(lam.metadata["guidance"]) == {"cfg": 2.0}
+    # a randomized seed widget does not refit: same model, prompts, cfg, sigmas and settings reuse the file
+    graph["distill"]["inputs"]["seed"] = 123456
+    entry = run_ok(server, graph)
+    assert distilled_name(entry) == name and "(reused: same inputs, no new fit)" in entry["outputs"]["info"]["text"][0]
 
 
 def test_requeue_after_another_workflow_reuses_the_file_without_fitting(server):
@@ -260,6 +266,28 @@ def test_new_file_is_listed_first_and_auto_uses_it_without_a_refresh(server):
     auto = latent_values(server, sample_graph(dode_sampler(AUTO)))
     assert auto == named, "auto did not pick the file just written"
     assert "auto picked " + name in server.log_tail(20000)
+
+
+def test_sampler_node_outputs_the_files_schedule(server):
+    name = distilled_name(run_ok(server, distill_graph("own_sigmas", steps=5)))
+    with_scheduler = latent_values(server, sample_graph(dode_sampler(name), steps=5))
+    graph = sample_graph(dode_sampler(name), steps=9)  # the scheduler node now says 9 steps; it is not used
+    graph["sample"]["inputs"]["sigmas"] = ["sampler", 1]
+    assert latent_values(server, graph) == with_scheduler
+
+
+@pytest.mark.skipif("fit_schedule" not in inspect.signature(distill).parameters,
+                    reason="dode_core has no joint schedule fit yet (issue 9)")
+def test_fit_schedule_outputs_the_fitted_sigmas_for_the_sampler(server):
+    entry = run_ok(server, distill_graph("", fit_schedule=True, cfg=2.25))
+    name = distilled_name(entry)
+    lam = load_lambdas(os.path.join(lambdas_dir(server), name))
+    assert lam.schedule_fitted and "_euler_4steps_fitted_cfg2p25_h1" in name, name
+    assert lam.metadata["scheduler"] == "fitted"
+    graph = sample_graph(dode_sampler(name), cfg=2.25)
+    graph["sample"]["inputs"]["sigmas"] = ["sampler", 1]  # the file's own (fitted) schedule
+    fitted = latent_values(server, graph)
+    assert fitted != latent_values(server, sample_graph(base_sampler(), cfg=2.25))
 
 
 def test_mismatch_warning_for_another_model_and_guidance(server):
