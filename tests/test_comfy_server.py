@@ -350,11 +350,15 @@ def test_corrupt_file_is_refused_with_the_loaders_error(server):
         f.write(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
     message = run_error(server, sample_graph(dode_sampler("corrupt.safetensors")))
     assert "LambdaFileError" in message and "corrupt.safetensors" in message
-    # one bad file does not break "auto" for the others
+    # one bad file, a FIFO or a dangling link does not break "auto" or the list for the others (nor hang)
+    os.mkfifo(os.path.join(lambdas_dir(server), "fifo.safetensors"))
+    os.symlink("/nonexistent/x.safetensors", os.path.join(lambdas_dir(server), "dangling.safetensors"))
     name = distilled_name(run_ok(server, distill_graph("beside_corrupt")))
+    assert lambdas_choices(server)[1] == name
     assert latent_values(server, sample_graph(dode_sampler(AUTO))) == latent_values(
         server, sample_graph(dode_sampler(name)))
-    os.remove(os.path.join(lambdas_dir(server), "corrupt.safetensors"))
+    for junk in ("corrupt", "fifo", "dangling"):
+        os.remove(os.path.join(lambdas_dir(server), junk + ".safetensors"))
 
 
 def test_interrupt_during_distill_leaves_no_file(server):
