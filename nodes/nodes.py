@@ -141,7 +141,7 @@ def _distill_kwargs(teacher, fit_schedule: bool) -> dict:
 
 
 def run_fit(guider, noise, latent_samples, sigmas, host, teacher, teacher_factor: int, history, fit_schedule: bool,
-            seed: int):
+            seed: int, denoise_mask=None):
     """One teacher run and one student run through ``guider`` (ComfyUI's own model loading, conds, hooks and
     wrappers); returns the fitted Lambdas. The progress bar counts every model call; Cancel stops the fit."""
     result, bar = {}, {}
@@ -160,7 +160,7 @@ def run_fit(guider, noise, latent_samples, sigmas, host, teacher, teacher_factor
 
     fit_sampler = comfy.samplers.KSAMPLER(fit, extra_options=dict(host.extra_options or {}),
                                           inpaint_options=dict(host.inpaint_options or {}))
-    guider.sample(noise, latent_samples, fit_sampler, sigmas, disable_pbar=True, seed=seed)
+    guider.sample(noise, latent_samples, fit_sampler, sigmas, denoise_mask=denoise_mask, disable_pbar=True, seed=seed)
     comfy.model_management.throw_exception_if_processing_interrupted()
     return result["lambdas"]
 
@@ -179,6 +179,7 @@ def distill_node(cls, *, guider, noise, sigmas, latent, sampler_name, teacher_sa
     scales = identity.guidance(guider)
     identity.check_guidance(scales)
     samples = comfy.sample.fix_empty_latent_channels(patcher, latent["samples"])
+    mask = latent.get("noise_mask")  # inpainting: the fit follows the masked sampling, as SamplerCustomAdvanced does
     check_cost(len(sigmas) - 1, teacher_factor, samples.shape)
     seed = int(getattr(noise, "seed", FIT_SEED) or 0) if noise is not None else FIT_SEED
 
@@ -187,6 +188,7 @@ def distill_node(cls, *, guider, noise, sigmas, latent, sampler_name, teacher_sa
         model=fingerprint, guider=identity.guider_fingerprint(guider), sigmas=[float(s) for s in sigmas],
         sampler=sampler_name, teacher=teacher_sampler, teacher_factor=int(teacher_factor), history=str(history),
         fit_schedule=bool(fit_schedule), latent=list(samples.shape), latent_content=identity.latent_digest(samples),
+        mask=identity.latent_digest(mask) if mask is not None else None,
         # not the noise seed: λ do not depend on which noise they were fitted on, and a randomized seed widget
         # must not refit on every queue
         options=repr(sorted((host.extra_options or {}).items())), filename=filename.strip())
@@ -199,7 +201,7 @@ def distill_node(cls, *, guider, noise, sigmas, latent, sampler_name, teacher_sa
     noise_tensor = noise.generate_noise({**latent, "samples": samples}) if noise is not None else \
         comfy.sample.prepare_noise(samples, FIT_SEED)
     lam = run_fit(guider, noise_tensor, samples, sigmas, host, teacher, int(teacher_factor), history_arg,
-                  bool(fit_schedule), seed)
+                  bool(fit_schedule), seed, denoise_mask=mask)
 
     inner = patcher.model
     cfg = scales.get("cfg")
