@@ -117,9 +117,10 @@ def heldout_line(lam) -> str | None:
     return f"held-out RMSE to the teacher on {count} latents: base {base:.4g} -> D-ODE {dode:.4g}{ratio}"
 
 
-def describe_lines(name: str, lam, reused: bool) -> list[str]:
+def describe_lines(name: str, lam, note: str = "") -> list[str]:
+    """The text the nodes show: the file, what it was fitted for, its held-out figures."""
     schedule = "fitted schedule" if lam.schedule_fitted else f"scheduler {lam.metadata.get('scheduler', '?')}"
-    lines = [f"lambda file: {name}" + ("  (reused: same inputs, no new fit)" if reused else "  (new fit)"),
+    lines = [f"lambda file: {name}{note}",
              f"{lam.metadata.get('comfy_sampler', lam.base_sampler)}, {lam.metadata.get('steps', '?')} steps, "
              f"{lam.calls} model calls, {schedule}, history {lam.metadata.get('history_mode', lam.history)}; "
              f"teacher {lam.metadata.get('teacher_sampler', '?')} x{lam.metadata.get('teacher_factor', '?')} "
@@ -233,7 +234,7 @@ def distill_node(cls, *, guider, noise, sigmas, latent, sampler_name, teacher_sa
 
 
 def _distill_output(cls, name: str, lam, sigmas, host, reused: bool) -> io.NodeOutput:
-    lines = describe_lines(name, lam, reused)
+    lines = describe_lines(name, lam, "  (reused: same inputs, no new fit)" if reused else "  (new fit)")
     for line in lines:
         log.info("D-ODE: %s", line)
     plot = plot_fit(lam, lines)
@@ -559,8 +560,7 @@ class DODESampler(io.ComfyNode):
             if not files:
                 raise dode_core.LambdaFileError("no λ file in models/dode_lambdas yet: distill one with "
                                                 "'Distill λ (D-ODE)' first.")
-            name, path = files[0]
-            lam = dode_core.load_lambdas(path)
+            name, lam = _newest_loadable(files)
             sampler = dode_sampler(None, None, AUTO_FILE, lookup=auto_lookup)
             lines = [f"auto: the newest lambda file matching the run's schedule (newest now: {name})"]
         else:
@@ -570,9 +570,7 @@ class DODESampler(io.ComfyNode):
             lam = dode_core.load_lambdas(path)
             name = lambdas
             sampler = dode_sampler(file_host_sampler(name, lam), lam, name)
-            lines = describe_lines(name, lam, reused=True)[:1]
-            lines[0] = f"lambda file: {name}"
-            lines += describe_lines(name, lam, reused=True)[1:]
+            lines = describe_lines(name, lam)
         warnings = mismatch_warnings(lam, guider)
         for warning in warnings:
             log.warning("D-ODE Sampler: %s: %s", name, warning.lstrip("! "))
@@ -580,6 +578,17 @@ class DODESampler(io.ComfyNode):
             [*lam.call_sigmas, 0.0], dtype=torch.float32)
         text = "\n".join([*lines, *warnings])
         return io.NodeOutput(sampler, sigmas, text, ui={"text": [text]})
+
+
+def _newest_loadable(files):
+    """The newest (name, Lambdas) that loads: one broken file must not break "auto"."""
+    errors = []
+    for name, path in files:
+        try:
+            return name, dode_core.load_lambdas(path)
+        except dode_core.LambdaFileError as error:
+            errors.append(f"  {name}: {error}")
+    raise dode_core.LambdaFileError("no usable λ file in models/dode_lambdas:\n" + "\n".join(errors))
 
 
 NODES = [DODEDistillGuider, DODEDistill, DODESampler]

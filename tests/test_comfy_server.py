@@ -355,6 +355,8 @@ def test_corrupt_file_is_refused_with_the_loaders_error(server):
     os.symlink("/nonexistent/x.safetensors", os.path.join(lambdas_dir(server), "dangling.safetensors"))
     name = distilled_name(run_ok(server, distill_graph("beside_corrupt")))
     assert lambdas_choices(server)[1] == name
+    corrupt = os.path.join(lambdas_dir(server), "corrupt.safetensors")
+    os.utime(corrupt, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))  # the broken file is the newest
     assert latent_values(server, sample_graph(dode_sampler(AUTO))) == latent_values(
         server, sample_graph(dode_sampler(name)))
     for junk in ("corrupt", "fifo", "dangling"):
