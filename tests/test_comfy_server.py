@@ -409,8 +409,8 @@ def test_distill_reports_progress_over_the_websocket(server):
     values = [e["value"] for e in events if e["node"] == "distill"]
     assert values, f"no progress events for the distill node: {events}"
     assert all(e["max"] == total for e in events if e["node"] == "distill")
-    assert values[-1] == total and all(b > a for a, b in zip(values[:-1], values[1:], strict=True)), values
-    assert len(values) == total  # one per model call, none dropped
+    # one event per model call, none dropped (and a 0 of total before the first, where dode_core reports it)
+    assert [v for v in values if v > 0] == list(range(1, total + 1)), values
 
 
 def test_opt_in_ksampler_entries(tmp_path):
