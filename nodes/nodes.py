@@ -48,7 +48,7 @@ TIPS = {
     "sampler_name": "The base sampler D-ODE corrects: the deterministic ODE samplers of this ComfyUI (ancestral, "
                     "SDE and adaptive ones cannot be distilled and are not listed).",
     "teacher_sampler": "The sampler of the fine teacher run the λ are fitted against. 'auto': D-ODE's measured "
-                       "default (accurate and cheap for this base sampler).",
+                       "default, DPM-Solver++(2M) on the fine grid (more accurate than the student and cheap).",
     "teacher_factor": "Teacher sub-steps per student interval (for Heun, DPM-2 and other two-call samplers: per call "
                       "interval, not per step). A fit costs about steps x factor teacher calls plus one student run, "
                       "each x batch x CFG passes.",
