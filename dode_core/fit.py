@@ -19,6 +19,7 @@ run on the same batch (the held-out proof).
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ from .blackbox import (
     sampler_name,
     sigma_value,
 )
-from .correction import apply_correction, differences, working_precision
+from .correction import DODEDenoiser, apply_correction, differences, working_precision
 from .lambdas_file import Lambdas, format_sigmas
 from .schedule import check_calls_on_schedule, dense_grid, run_dense_teacher, schedule_range
 from .teacher import sample_dpmpp_2m_teacher, teacher_sigmas
@@ -154,14 +155,11 @@ def _check_teacher(model, x, grid, teacher, extra_args, options) -> list[float]:
                                   "dpmpp_2m_teacher, always is).") from None
 
 
-def _teacher_call_indices(teacher_calls: list[float], wanted: list[float], name: str) -> list[int | None]:
+def _teacher_call_indices(teacher_calls: list[float], wanted: list[float], name: str) -> list[int]:
     """For each wanted sigma, the index of the teacher's *last* call there (so a Heun-style predictor stage at
-    the same sigma does not count as the state); None for sigma 0, whose state is the teacher's result."""
+    the same sigma does not count as the state)."""
     indices = []
     for sigma in wanted:
-        if sigma == 0:
-            indices.append(None)
-            continue
         found = [i for i, s in enumerate(teacher_calls) if math.isclose(s, sigma, rel_tol=1e-5, abs_tol=1e-8)]
         if not found:
             raise SamplerRefusedError(f"teacher sampler '{name}' does not call the model at sigma {sigma:.4g}, "
@@ -175,7 +173,7 @@ class _Recorder(ModelProxy):
 
     def __init__(self, model, indices):
         super().__init__(model)
-        self.wanted = set(indices) - {None}
+        self.wanted = set(indices)
         self.states: dict[int, torch.Tensor] = {}
         self.count = 0
 
@@ -187,14 +185,13 @@ class _Recorder(ModelProxy):
 
 
 def run_teacher(model, x, grid, teacher, wanted_sigmas, teacher_calls, *, extra_args=None, options=None):
-    """Run ``teacher`` over ``grid`` from ``x``; return its states at ``wanted_sigmas`` (CPU), read from its
-    model inputs (the last call at each sigma) and, at sigma 0, from its result."""
+    """Run ``teacher`` over ``grid`` from ``x``; return its states at ``wanted_sigmas`` (read from its model
+    inputs: the last call at each sigma), then its result (the state at the grid's last sigma), on the CPU."""
     indices = _teacher_call_indices(teacher_calls, wanted_sigmas, sampler_name(teacher))
     recorder = _Recorder(model, indices)
     final = teacher(recorder, x.clone(), grid.clone(), extra_args=dict(extra_args or {}), callback=None, disable=True,
                     **(options or {}))
-    final = final.detach().to("cpu", copy=True)
-    return [final if i is None else recorder.states[i] for i in indices]
+    return [recorder.states[i] for i in indices] + [final.detach().to("cpu", copy=True)]
 
 
 def _dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
@@ -361,8 +358,53 @@ def distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, te
                         callback, options, fit_schedule)
 
 
-def _final_rmse(final: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((final.detach().to("cpu", torch.float64) - reference.to(torch.float64)).square().mean().sqrt())
+def _latent_errors(final: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each latent's final state (float64, CPU)."""
+    error = final.detach().to("cpu", torch.float64) - reference.to(torch.float64)
+    return error.reshape(error.shape[0], -1).square().mean(-1)
+
+
+def proves_gain(base_errors: torch.Tensor, dode_errors: torch.Tensor) -> bool:
+    """Whether D-ODE beats the base on the held-out latents by more than chance: the mean per-latent gain
+    ``g_i = e_base,i - e_dode,i`` must exceed its standard error ``std(g) / sqrt(n)`` (with one latent: be
+    positive). A few latents that land on another image dominate an RMSE; the paired test keeps such luck out."""
+    gain = base_errors - dode_errors
+    if len(gain) < 2:
+        return bool(gain.mean() > 0)
+    return bool(gain.mean() > gain.std() / math.sqrt(len(gain)))
+
+
+def _held_out_rerun(checked, progress, x, sigmas, sampler, call_sigmas, extra_args, options, fit_count, lambdas):
+    """One more run of the batch with ``lambdas`` applied (a candidate of the proof); its held-out final states."""
+    progress.total += len(call_sigmas)
+    checked.role = "held-out check of shrunk λ"
+    candidate = Lambdas(lambdas, tuple(call_sigmas), {"base_sampler": sampler_name(sampler)})
+    final = sampler(DODEDenoiser(checked, candidate), x.clone(), sigmas.clone(), extra_args=dict(extra_args),
+                    callback=None, disable=True, **(options or {}))
+    return final[fit_count:]
+
+
+def _held_out_proof(name, holdout, base_errors, dode_errors, lambdas, rerun, teacher_final):
+    """The scale of λ to deliver (1, or a shrink that proves itself) with both held-out RMSEs and the number of runs
+    the proof took; NoGainError when no candidate beats the base by more than chance."""
+    scale, runs = 1.0, 1
+    for shrink in SHRINK_CANDIDATES:
+        if proves_gain(base_errors, dode_errors):
+            break
+        log.info("D-ODE %s: held-out gain not shown (RMSE base %.4g, D-ODE %.4g); trying λ x %g", name,
+                 float(base_errors.mean().sqrt()), float(dode_errors.mean().sqrt()), shrink)
+        candidate_errors, runs = _latent_errors(rerun(lambdas * shrink), teacher_final), runs + 1
+        if proves_gain(base_errors, candidate_errors) or candidate_errors.mean() < dode_errors.mean():
+            dode_errors, scale = candidate_errors, shrink
+    rmse_base, rmse_dode = float(base_errors.mean().sqrt()), float(dode_errors.mean().sqrt())
+    if not proves_gain(base_errors, dode_errors):
+        raise NoGainError(
+            f"D-ODE did not beat the base sampler '{name}' on the {holdout} held-out latent(s) by more than chance "
+            f"(final-state RMSE to the teacher: base {rmse_base:.4g}, D-ODE {rmse_dode:.4g}); no λ file was "
+            "written. Here the base sampler is already about as close to the teacher as λ can bring it: try "
+            "history=1, a larger batch (more held-out latents make the proof sharper), or keep the base sampler."
+        )
+    return scale, rmse_base, rmse_dode, runs
 
 
 def _fit_schedule(checked, x, grid, teacher, steps, fit_count, sampler, name, extra_args, options, teacher_options,
@@ -403,6 +445,7 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
     teacher_call_sigmas = _check_teacher(model, x, grid, teacher, extra_args, teacher_options)
     calls = len(call_sigmas)
     progress = _Progress(callback, len(teacher_call_sigmas) + 2 * calls)
+    progress.report()  # (0, total): the host learns the cost, and may cancel, before the first model call
     checked = _CheckedModel(model, progress)
 
     # target of call k: the state the sampler reaches next, at the sigma of call k+1 (the end, for the last)
@@ -412,8 +455,8 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
                                                      extra_args, options, teacher_options, sigmas.dtype)
         call_sigmas = sampler_map.call_sigmas
     else:
-        targets = run_teacher(checked, x, grid, teacher, call_sigmas[1:] + [float(sigmas[-1])], teacher_call_sigmas,
-                              extra_args=extra_args, options=teacher_options)
+        targets = run_teacher(checked, x, grid, teacher, call_sigmas[1:], teacher_call_sigmas, extra_args=extra_args,
+                              options=teacher_options)
     log.info("teacher: %d model calls over %d sigmas", progress.done, len(grid))
 
     max_terms = AUTO_MAX_HISTORY if history == "auto" else history
@@ -429,30 +472,12 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
     checked.role = "base run"
     base_final = sampler(checked, x.clone(), sigmas.clone(), extra_args=dict(extra_args), callback=None, disable=True,
                          **(options or {}))
-    teacher_final = targets[-1]
-    held = slice(fit_count, batch)
-    rmse_base = _final_rmse(base_final[held], teacher_final[held])
-    rmse_dode = _final_rmse(dode_final[held], teacher_final[held])
-    scale, proof_runs = 1.0, 1
-    for shrink in SHRINK_CANDIDATES:
-        if rmse_dode < rmse_base:
-            break
-        log.info("D-ODE %s: held-out RMSE %.4g is not below the base's %.4g; trying λ x %g", name, rmse_dode,
-                 rmse_base, shrink)
-        progress.total += calls
-        checked.role = f"held-out check of λ x {shrink}"
-        candidate = Lambdas(lambdas * shrink, tuple(call_sigmas), {"base_sampler": name})
-        final = _run_with(checked, x, sigmas, sampler, candidate, extra_args, options)
-        rmse_candidate, proof_runs = _final_rmse(final[held], teacher_final[held]), proof_runs + 1
-        if rmse_candidate < rmse_dode:
-            rmse_dode, scale = rmse_candidate, shrink
-    if not rmse_dode < rmse_base:
-        raise NoGainError(
-            f"D-ODE did not beat the base sampler '{name}' on the {holdout} held-out latent(s) (final-state RMSE "
-            f"to the teacher: base {rmse_base:.4g}, D-ODE {rmse_dode:.4g}); no λ file was written. The base "
-            "sampler is already as close to the teacher as λ can bring it here: try more steps' worth of teacher "
-            "(teacher_factor), history=1, a larger batch, or keep the base sampler."
-        )
+    teacher_final = targets[-1][fit_count:]
+    rerun = functools.partial(_held_out_rerun, checked, progress, x, sigmas, sampler, call_sigmas, extra_args, options,
+                              fit_count)
+    scale, rmse_base, rmse_dode, proof_runs = _held_out_proof(
+        name, holdout, _latent_errors(base_final[fit_count:], teacher_final),
+        _latent_errors(dode_final[fit_count:], teacher_final), lambdas, rerun, teacher_final)
     lambdas = lambdas * scale
 
     n_fit = fit_count * x[0].numel()
@@ -470,7 +495,7 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
         "teacher_sampler": sampler_name(teacher),
         "teacher_factor": str(teacher_factor),
         "teacher_calls": str(len(teacher_call_sigmas)),
-        "proof_calls": str(proof_runs * calls),
+        "proof_calls": str(proof_runs * len(call_sigmas)),
         "batch_size": str(batch),
         "latent_shape": json.dumps(list(x.shape[1:])),
         "model_dtype": checked.dtype,
@@ -484,23 +509,3 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     return Lambdas(lambdas=lambdas, call_sigmas=tuple(call_sigmas), metadata=metadata)
-
-
-class _Fixed(ModelProxy):
-    """Applies fixed λ call by call (the held-out check of a candidate)."""
-
-    def __init__(self, model, lam: Lambdas):
-        super().__init__(model)
-        self.lam, self.raw, self.count = lam, [], 0
-
-    def __call__(self, x, sigma, **extra_args):
-        k, self.count = self.count, self.count + 1
-        denoised = working_precision(self.inner(x, sigma, **extra_args))
-        self.raw.append(denoised)
-        del self.raw[: -(self.lam.history + 1)]
-        return apply_correction(denoised, differences(self.raw, self.lam.history), self.lam.lambdas[k])
-
-
-def _run_with(model, x, sigmas, sampler, lam: Lambdas, extra_args, options):
-    return sampler(_Fixed(model, lam), x.clone(), sigmas.clone(), extra_args=dict(extra_args), callback=None,
-                   disable=True, **(options or {}))

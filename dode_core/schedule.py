@@ -191,7 +191,7 @@ def run_dense_teacher(model, x, grid: torch.Tensor, teacher, *, extra_args=None,
     """Run ``teacher`` over ``grid`` from ``x`` and keep its state and denoised output at every grid sigma, read
     from its model calls (never its callback). Memory: 2 G latents of the batch, on the CPU."""
     recorder = TeacherRecorder(model, grid)
-    final = teacher(recorder, x.clone(), grid.to(x.device), extra_args=dict(extra_args or {}), callback=None,
+    final = teacher(recorder, x.clone(), grid.to(x.device, copy=True), extra_args=dict(extra_args or {}), callback=None,
                     disable=True, **(options or {}))
     states, denoised = recorder.lists(final)
     return DenseTeacherRun(grid.double().cpu(), states, denoised)
