@@ -123,13 +123,17 @@ def run_demo_command(args) -> int:
     samplers = [getattr(k_sampling, f"sample_{name}") for name in args.samplers]
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
+    skipped: list[tuple[str, str]] = []
     rows = run_demo(samplers, args.nfe, batch=args.batch, eval_batch=args.eval_batch,
                     teacher_factor=args.teacher_factor, history=args.history, seed=args.seed, out_dir=args.out,
-                    progress=_ProgressBar())
+                    progress=_ProgressBar(), skipped=skipped)
     table = markdown_table(rows, f"{REFERENCE_SAMPLER} {REFERENCE_STEPS}-step")
+    if skipped:
+        table += "\n\nNo λ delivered (no row above):\n" + "\n".join(f"- {label}: {why}" for label, why in skipped)
     grid_path, plot_path = os.path.join(args.out, "grid.png"), os.path.join(args.out, "lambdas.png")
-    image_grid(rows, grid_path)
-    lambda_plot(rows, plot_path)
+    if rows:  # every fit can be refused or unproven; the table then says why
+        image_grid(rows, grid_path)
+        lambda_plot(rows, plot_path)
     with open(os.path.join(args.out, "report.md"), "w", encoding="utf-8") as handle:
         handle.write("# D-ODE demo report\n\n")
         handle.write(f"Fit batch {args.batch}, held-out batch {args.eval_batch}, teacher factor "

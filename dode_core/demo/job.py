@@ -94,10 +94,11 @@ def weights_fingerprint(path: str = WEIGHTS_PATH) -> str:
 
 
 def run_demo(samplers, budgets, *, batch: int, eval_batch: int, teacher_factor: int, history, seed: int,
-             out_dir: str, progress=None) -> list[Row]:
-    """Distill and evaluate every (sampler, budget); write the λ files to ``out_dir/lambdas``.
+             out_dir: str, progress=None, skipped: list | None = None) -> list[Row]:
+    """Distill and evaluate every (sampler, budget, schedule); write the λ files to ``out_dir/lambdas``.
 
-    samplers: k-diffusion sampler functions; budgets: model calls per run; progress(label, done, total).
+    samplers: k-diffusion sampler functions; budgets: model calls per run; progress(label, done, total);
+    skipped: if given, gets ``(label, reason)`` for every fit that delivered no λ (refused, or no proven gain).
     """
     progress = progress or (lambda label, done, total: None)
     model = load_demo_model()
@@ -124,6 +125,8 @@ def run_demo(samplers, budgets, *, batch: int, eval_batch: int, teacher_factor: 
                                   callback=lambda done, total, label=label: progress(label, done, total))
                 except (SamplerRefusedError, NoGainError) as error:  # DPM-2 with a fitted schedule; no gain
                     log.warning("%s: %s", label, error)
+                    if skipped is not None:
+                        skipped.append((label, str(error)))
                     continue
                 rows.append(_evaluate(model, lam, sampler, name, schedule, steps, eval_noise, reference, data,
                                       lambda_dir, seed))
