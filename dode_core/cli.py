@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="held-out latents for the table (default 64)")
     demo.add_argument("--teacher-factor", type=_int_at_least(1), default=10,
                       help="teacher sub-steps per student interval (default 10)")
-    demo.add_argument("--history", type=_history, default=1, help="terms per call: 1, 2, 3 or auto (default 1)")
+    demo.add_argument("--history", type=_history, default="auto",
+                      help="terms per call: 1, 2, 3 or auto (default auto)")
     demo.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     demo.add_argument("--out", default="report", help="report folder (default ./report)")
     demo.set_defaults(run=run_demo_command)

@@ -48,10 +48,10 @@ def test_the_demo_writes_a_complete_report(report, capsys):
                                                          ("dpmpp_2m", "karras", 6), ("dpmpp_2m", "fitted", 6)]
     assert re.search(r"- euler, 6 calls: 80, [\d., ]+, 0\n", markdown), "the fitted sigmas are listed"
     files = sorted(glob.glob(os.path.join(report, "lambdas", "*.safetensors")))
-    assert [os.path.basename(f) for f in files] == ["demo-digits16_dpmpp_2m_6steps_fitted_h1.safetensors",
-                                                    "demo-digits16_dpmpp_2m_6steps_karras_h1.safetensors",
-                                                    "demo-digits16_euler_6steps_fitted_h1.safetensors",
-                                                    "demo-digits16_euler_6steps_karras_h1.safetensors"]
+    assert [os.path.basename(f) for f in files] == ["demo-digits16_dpmpp_2m_6steps_fitted_hauto.safetensors",
+                                                    "demo-digits16_dpmpp_2m_6steps_karras_hauto.safetensors",
+                                                    "demo-digits16_euler_6steps_fitted_hauto.safetensors",
+                                                    "demo-digits16_euler_6steps_karras_hauto.safetensors"]
     for path in files:
         lam = load_lambdas(path)
         assert lam.metadata["model"] == "dode demo digits16" and len(lam.metadata["model_fingerprint"]) == 16
