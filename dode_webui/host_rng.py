@@ -12,13 +12,14 @@ base sampler does. (dode_core forks torch's own generators around its work, so t
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 
 
 def sampler_globals(sampler) -> dict | None:
     """The module namespace whose ``torch`` the sampler's code reads (functions and bound methods)."""
-    function = getattr(sampler, "__func__", sampler)
+    function = inspect.unwrap(getattr(sampler, "__func__", sampler))  # past decorators such as @torch.no_grad()
     namespace = getattr(function, "__globals__", None)
     return namespace if isinstance(namespace, dict) and "torch" in namespace else None
 

@@ -56,11 +56,13 @@ class RunContext:
     hijack_free: Callable[[Callable], Callable] = _identity
 
 
-def sample_with(model, x, sigmas, base, quiet_base, lam: Lambdas, *, extra_args=None, callback=None, disable=None,
-                **options):
-    """dode_core.sample, with the schedule probe on ``quiet_base`` (no host random numbers) and the real run on
-    ``base``: the sigmas are checked against the file before any model call."""
-    call_sigmas, _ = probe_call_sigmas(model, x, sigmas, quiet_base, extra_args=extra_args, options=options)
+def sample_with(model, x, sigmas, base, quiet_base, lam: Lambdas, *, call_sigmas=None, extra_args=None, callback=None,
+                disable=None, **options):
+    """dode_core.sample, with the schedule probe on ``quiet_base`` (no host random numbers; skipped when the
+    caller already probed ``sigmas`` into ``call_sigmas``) and the real run on ``base``: the sigmas are checked
+    against the file before any model call."""
+    if call_sigmas is None:
+        call_sigmas, _ = probe_call_sigmas(model, x, sigmas, quiet_base, extra_args=extra_args, options=options)
     lam.check_call_sigmas(call_sigmas)
     return base(DODEDenoiser(model, lam), x, sigmas, extra_args=extra_args or {}, callback=callback, disable=disable,
                 **options)
@@ -98,6 +100,7 @@ def make_dode_sampler(spec: SamplerSpec, base_sampler: Callable[[], Callable], c
         context = context_for(model)
         base = base_sampler()
         quiet_base = context.hijack_free(base)
+        call_sigmas = None
         if context.distill is not None and not context.distill.done:
             found = distill_for_run(context, model, x, sigmas, quiet_base, extra_args, options)
         else:
@@ -105,11 +108,11 @@ def make_dode_sampler(spec: SamplerSpec, base_sampler: Callable[[], Callable], c
             found = resolve_lambdas(context.folder, context.choice, sampler_name(base), call_sigmas, sigmas)
         context.infotext.update(infotext_fields(found.path))
         if found.schedule is not None:
-            sigmas = found.schedule.to(device=sigmas.device, dtype=sigmas.dtype)
+            sigmas, call_sigmas = found.schedule.to(device=sigmas.device, dtype=sigmas.dtype), None
             context.infotext[INFOTEXT_SCHEDULE] = found.note
             log.info("D-ODE: sampling on the %s", found.note)
-        return sample_with(model, x, sigmas, base, quiet_base, found.lam, extra_args=extra_args, callback=callback,
-                           disable=disable, **options)
+        return sample_with(model, x, sigmas, base, quiet_base, found.lam, call_sigmas=call_sigmas,
+                           extra_args=extra_args, callback=callback, disable=disable, **options)
 
     sample_dode.__name__ = sample_dode.__qualname__ = f"sample_dode_{spec.base_name}"
     sample_dode.__doc__ = f"{spec.label}: the host's {spec.base_label} with fitted D-ODE λ."
