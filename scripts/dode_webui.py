@@ -248,6 +248,8 @@ def register_samplers() -> list[str]:
         cache_clear()
     if new:
         log.info("D-ODE: registered %s", ", ".join(data.name for data in new))
+    for label, reason in refused.items():
+        log.info("D-ODE: no D-ODE entry for %s: %s", label, reason)
     return [data.name for data in new]
 
 
