@@ -38,10 +38,7 @@ import types
 
 from modules import script_callbacks, scripts
 
-try:
-    from dode_core import refusal_reason
-except ImportError:  # TEMPORARY until main has it
-    from dode_webui._pending_core import refusal_reason
+from dode_core import refusal_reason
 from dode_webui import (
     LAMBDAS_FOLDER_NAME,
     DistillProgress,

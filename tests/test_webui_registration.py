@@ -213,6 +213,9 @@ def test_a_distill_then_a_plain_d_ode_run(webui, K):
         "a cat", "blurry", "1234", "abc123")
     assert p.extra_generation_params["D-ODE lambdas"] == name
     assert p.extra_generation_params["D-ODE distill"] == "teacher auto x4, history 1"
+    heldout = p.extra_generation_params["D-ODE held-out RMSE"]  # the fit's proof, in the job's infotext
+    base, dode, count = lam.heldout()
+    assert heldout == f"{base:.4g} -> {dode:.4g} (1 held-out latents, D-ODE / base {dode / base:.2f})" and dode < base
 
     p2 = host.P(sampler_name="D-ODE Euler", steps=5, batch_size=4)
     (plain,) = host.run(p2, "")  # the setting: auto
@@ -404,6 +407,34 @@ def test_a_distill_job_can_ask_for_the_schedule_fit(webui, monkeypatch):
     host.run(p, "", True, 4, "1", "auto", True)
     assert asked["fit_schedule"] is True and asked["teacher_sampler"] is None
     assert p.extra_generation_params["D-ODE distill"] == "teacher auto x4, history 1, fitted schedule"
+
+
+def test_a_fit_that_does_not_beat_the_base_reaches_the_user_and_writes_no_file(webui, monkeypatch):
+    import dode_webui.distill_job as job
+    from dode_core import NoGainError
+
+    def no_gain(*args, callback=None, **kwargs):
+        callback(1, 30)
+        raise NoGainError("no λ fit beat the base sampler on the 1 held-out latent; no λ file is delivered.")
+
+    monkeypatch.setattr(job, "distill", no_gain)
+    host = webui()
+    with pytest.raises(NoGainError, match="no λ fit beat the base sampler on the 1 held-out latent"):
+        host.run(host.P(sampler_name="Euler", steps=4, batch_size=4), "", True, 4, "1")
+    assert files(host) == []
+    assert (host.state.sampling_steps, host.state.textinfo) == (4, None)  # the progress bar was handed back
+
+
+def test_a_distilled_file_is_written_with_the_users_umask(webui):
+    # issue 11, point 3: files were written 0600 whatever the umask (the private temp file was renamed)
+    host = webui()
+    old = os.umask(0o022)
+    try:
+        host.run(host.P(sampler_name="Euler", steps=3, batch_size=4), "", True, 4, "1")
+    finally:
+        os.umask(old)
+    (name,) = files(host)
+    assert os.stat(os.path.join(host.folder, name)).st_mode & 0o777 == 0o644
 
 
 def test_interrupt_stops_a_distill_and_no_file_is_written(webui):
