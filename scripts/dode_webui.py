@@ -269,7 +269,7 @@ def on_ui_settings() -> None:
 
 # ---- the script: λ override and the distill job ---------------------------------------------------------------
 
-def distill_request(p, teacher_factor, history, teacher, fit_schedule) -> DistillRequest:
+def distill_request(p, teacher_factor, history, teacher, fit_schedule, img2img=False) -> DistillRequest:
     """Turn this txt2img run into a distill job: the sampler becomes the D-ODE one of its base.
 
     Never raises: what cannot run becomes ``request.refused`` and the run is pointed at a D-ODE sampler whose
@@ -279,6 +279,9 @@ def distill_request(p, teacher_factor, history, teacher, fit_schedule) -> Distil
     sampler = getattr(p, "sampler_name", None) or ""
     spec = spec_for_label(sampler, OFFERED)
     try:
+        if img2img:
+            raise DistillRefusedError("Distill λ (D-ODE) runs in txt2img: the fit starts from pure noise. Untick it "
+                                      "here (the API: send false) and distill in txt2img; no λ file was written.")
         if spec is None:
             reason = REFUSED.get(sampler) or "it is not in this host's sampler table"
             names = ", ".join(s.base_label for s in OFFERED) or "none on this host"
@@ -338,8 +341,8 @@ class DodeScript(scripts.Script):
                 fit_schedule=False, *_more):
         p.dode_lambdas = str(override or "").strip() or None
         wanted = bool(distill) and str(distill).lower() != "false"
-        p.dode_distill = (distill_request(p, teacher_factor, history, teacher, fit_schedule)
-                          if wanted and not self.is_img2img else None)
+        p.dode_distill = (distill_request(p, teacher_factor, history, teacher, fit_schedule, self.is_img2img)
+                          if wanted else None)
 
 
 try:

@@ -236,6 +236,15 @@ def test_a_refused_distill_reaches_the_user_instead_of_a_silent_base_run(webui):
     assert files(host) == [] and host.shared.sd_model.calls == 0
 
 
+def test_a_distill_asked_of_img2img_is_refused_not_ignored(webui):
+    host = webui()
+    instance = host.script.DodeScript()
+    instance.is_img2img = True
+    p = host.P(sampler_name="D-ODE Euler", steps=4)
+    instance.process(p, "", True, 4, "1")
+    assert p.dode_distill.refused.startswith("Distill λ (D-ODE) runs in txt2img")
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (("", True, 10**9, "1"), r"teacher sub-steps per step must be a whole number from 1 to 100; got '1000000000'"),
     (("", True, "٤", "1"), r"teacher sub-steps per step must be a whole number"),
