@@ -3,6 +3,7 @@ overwriting anything. The host supplies the denoiser (WebUI's CFG denoiser), the
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from dataclasses import dataclass, field
@@ -147,6 +148,12 @@ def file_metadata(request: DistillRequest, reserved=()) -> dict[str, str]:
     return metadata
 
 
+def accepts_keyword(function, name: str) -> bool:
+    """Whether ``function`` takes the keyword argument ``name`` (by name or through ``**kwargs``)."""
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 def run_distill_job(model, x, sigmas, base_sampler, folder: str, request: DistillRequest, *, teacher_sampler=None,
                     extra_args=None, options=None, progress=None, check_interrupt=None, file_stem: str | None = None
                     ) -> tuple[str, Lambdas]:
@@ -165,6 +172,9 @@ def run_distill_job(model, x, sigmas, base_sampler, folder: str, request: Distil
             progress(done, total)
 
     schedule_fit = {"fit_schedule": True} if request.fit_schedule else {}  # only asked of a core that offers it
+    if schedule_fit and not accepts_keyword(distill, "fit_schedule"):
+        raise DistillRefusedError("Distill λ (D-ODE): this dode_core cannot fit the schedule; untick 'Fit the "
+                                  "schedule too' (or update the extension). No λ file was written.")
     lam = distill(model, x, sigmas, base_sampler, extra_args=extra_args, teacher_factor=request.teacher_factor,
                   teacher_sampler=teacher_sampler, history=request.history, callback=on_call, options=options,
                   **schedule_fit)

@@ -458,3 +458,17 @@ def test_a_file_shared_between_hosts_is_as_good_as_a_refit(K):
     refit = rmse(sample(model, test_noise, forge, K.sample_euler, distill(model, fit_noise, forge, K.sample_euler)))
     base = rmse(K.sample_euler(model, test_noise, forge, disable=True))
     assert abs(shared - refit) < 0.05 * refit and shared < 0.9 * base, (shared, refit, base)
+
+
+def test_a_schedule_fit_asked_of_a_core_without_it_is_refused_clearly(tmp_path, K, karras, monkeypatch):
+    import dode_webui.distill_job as job
+
+    def old_distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, teacher_sampler=None,
+                    history=1, callback=None, options=None):
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(job, "distill", old_distill)
+    request = DistillRequest(teacher_factor=4, fit_schedule=True)
+    with pytest.raises(DistillRefusedError, match="this dode_core cannot fit the schedule; untick"):
+        run_distill_job(GaussianDenoiser(), noise() * 80, karras(4), K.sample_euler, str(tmp_path), request)
+    assert os.listdir(tmp_path) == []
