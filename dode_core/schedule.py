@@ -10,9 +10,10 @@ sampler starts from) lands at
 and its one-step error against the teacher, ``x_hat_ij - X_j``, costs no model call. A dynamic program then picks
 the path ``0 = i_0 < i_1 < ... < i_n = G`` with the least summed cost: the schedule ``s_{i_0}, ..., s_{i_n}``.
 
-The cost of an edge is the batch mean of the per-latent RMS of that one-step error (GITS' choice; measured against
-the squared error and a multistep-aware cost in the issue-9 note). Nothing here calls a model; everything is
-float64 on the CPU.
+The cost of an edge is the batch mean of the per-latent RMS of that one-step error (GITS' choice). Measured on
+the KDE digits denoiser (DPM++ 2M + D-ODE, held-out RMSE to a converged run at 4 / 6 / 8 calls): 0.083 / 0.038 /
+0.028 with it, 0.092 / 0.054 / 0.053 with the squared error. A multistep-aware (DPM++ 2M) cost was not needed to
+meet the targets and is not implemented. Nothing here calls a model; the costs are formed on the CPU.
 """
 
 from __future__ import annotations
@@ -90,21 +91,21 @@ def one_step_costs(grid: torch.Tensor, states, denoised, *, power: float = 1.0, 
         cost_ij = mean_b ( RMS_b( D_i + (s_j / s_i) (X_i - D_i) - X_j ) ) ^ power
 
     grid: (G+1,) sigmas ending in 0; states: G+1 teacher states (B, ...) (the last is its result); denoised: its G
-    outputs at the positive sigmas (a stacked tensor or a list). Formed in float64, ``chunk`` targets at a time,
-    so the extra memory is ``chunk`` float64 states.
+    outputs at the positive sigmas (a stacked tensor or a list). Formed in the states' precision (at least float32),
+    squares summed in float64, ``chunk`` targets at a time: the extra memory is about ``chunk`` states.
     """
     count = len(grid)
+    work = torch.promote_types(states[0].dtype, torch.float32)  # float32 errors are ~1e-7 relative: plenty here
     sigma = grid.double()
     costs = torch.full((count, count), math.inf, dtype=torch.float64)
     for i in range(count - 1):
-        x_i, d_i = states[i].double(), denoised[i].double()
+        x_i, d_i = states[i].to(work), denoised[i].to(work)
         for start in range(i + 1, count, chunk):
             stop = min(start + chunk, count)
-            ratio = (sigma[start:stop] / sigma[i]).view(-1, *([1] * x_i.dim()))
-            targets = torch.stack([states[j] for j in range(start, stop)]).double()
-            error = d_i + ratio * (x_i - d_i) - targets
-            rms = error.flatten(2).square().mean(-1).sqrt()  # (targets, B)
-            costs[i, start:stop] = rms.pow(power).mean(-1)
+            ratio = (sigma[start:stop] / sigma[i]).to(work).view(-1, *([1] * x_i.dim()))
+            error = d_i + ratio * (x_i - d_i) - torch.stack([states[j] for j in range(start, stop)]).to(work)
+            mean_square = error.flatten(2).square().sum(-1, dtype=torch.float64) / error[0, 0].numel()
+            costs[i, start:stop] = mean_square.sqrt().pow(power).mean(-1)  # RMS per latent, then the batch mean
     return costs
 
 
