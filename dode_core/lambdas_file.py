@@ -62,8 +62,8 @@ LIST_FIELDS = ("call_sigmas", "schedule", "fit_rmse_before", "fit_rmse_after", "
 # field -> (least, most) value; None: unbounded on that side
 INT_FIELDS = {"steps": (1, MAX_STEPS), "calls": (2, MAX_CALLS), "history": (1, MAX_HISTORY),
               "teacher_factor": (1, None), "teacher_calls": (1, None), "batch_size": (1, None), "seed": (None, None),
-              "heldout_count": (1, None)}
-NON_NEGATIVE_FLOAT_FIELDS = ("heldout_rmse_base", "heldout_rmse_dode")
+              "heldout_count": (1, None), "proof_calls": (1, None)}
+NON_NEGATIVE_FLOAT_FIELDS = ("heldout_rmse_base", "heldout_rmse_dode", "lambda_scale")
 SCHEDULE_SOURCES = ("user", "fitted")
 
 # what a host's sampler function name reduces to (sample_dpmpp_2m -> dpmpp_2m); which ones exist is the host's call
@@ -397,16 +397,17 @@ def _parse_header(data: bytes, fail) -> tuple[dict, int]:
 
     Parsed here, with bounds and without duplicate keys, so that safetensors only ever sees a header already
     known to hold one float32 tensor; a file that is no safetensors at all is called that."""
-    foreign = _foreign_format(data)
-    if foreign:
+    header_len = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+    if len(data) >= 10 and header_len <= len(data) - 8 and data[8:9] == b"{":
+        pass  # the shape of a safetensors file (a header length can start with the bytes of a pickle or zip magic)
+    elif foreign := _foreign_format(data):
         fail(f"not a safetensors file ({foreign}); λ files are safetensors and are never unpickled.")
-    if len(data) < 10:
+    elif len(data) < 10:
         fail(f"not a safetensors file (it is {len(data)} bytes, too short for a safetensors header).")
-    header_len = int.from_bytes(data[:8], "little")
-    if header_len > len(data) - 8 and data[8:9] == b"{" and header_len <= MAX_FILE_BYTES:
+    elif data[8:9] == b"{" and header_len <= MAX_FILE_BYTES:
         fail(f"not a readable safetensors file: it is cut short (its header alone is {header_len} bytes, the whole "
              f"file {len(data)}).")
-    if header_len > len(data) - 8 or data[8:9] != b"{":
+    else:
         fail(f"not a safetensors file (its first 8 bytes give a header of {header_len} bytes, the file has "
              f"{len(data)} bytes, and a header starts with '{{').")
     try:

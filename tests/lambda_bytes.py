@@ -19,7 +19,7 @@ def valid_lambdas(channels: int = 0) -> Lambdas:
                 "history_per_call": "[0, 1, 2]", "teacher_sampler": "euler", "teacher_factor": "10",
                 "teacher_calls": "30", "batch_size": "8", "seed": "18446744073709551615",
                 "heldout_rmse_base": "0.25", "heldout_rmse_dode": "1.5e-05", "heldout_count": "2",
-                "schedule_source": "fitted"}
+                "lambda_scale": "0.5", "proof_calls": "6", "schedule_source": "fitted"}
     return Lambdas(lambdas, (80.0, 5.0, 0.5), metadata)
 
 

@@ -41,7 +41,8 @@ VALUES = ["", "0", "1", "-1", "3", "2", "1000", "1001", "100001", HUGE_INT, "٤"
           "x" * 70_000, "é" * 33_000, "\u202eevil\u202c", "a\r\nVALID forged", "\x00\x7f\x9b", "\ud800"]
 KEYS = ["format", "format_version", "base_sampler", "steps", "calls", "history", "call_sigmas", "schedule",
         "fit_rmse_before", "fit_rmse_after", "history_per_call", "teacher_factor", "teacher_calls", "batch_size",
-        "seed", "heldout_rmse_base", "heldout_rmse_dode", "heldout_count", "schedule_source", "prompt", "",
+        "seed", "heldout_rmse_base", "heldout_rmse_dode", "heldout_count", "schedule_source", "lambda_scale",
+        "proof_calls", "prompt", "",
         "k" * 300, "\x1b[2J", "\ud800"]
 DTYPES = ["F32", "F64", "F16", "BF16", "F4", "F6_E2M3", "F6_E3M2", "F8_E8M0", "F8_E4M3", "F8_E5M2", "I64", "U8",
           "BOOL", "C64", "f32", "", 32, None]
@@ -272,7 +273,8 @@ def violations(lam, path: str) -> list[str]:
         found.append("format")
     if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", md.get("base_sampler", "")):
         found.append("base_sampler")
-    for key in ("steps", "calls", "history", "teacher_factor", "teacher_calls", "batch_size", "seed", "heldout_count"):
+    for key in ("steps", "calls", "history", "teacher_factor", "teacher_calls", "batch_size", "seed", "heldout_count",
+                "proof_calls"):
         if key in md and not is_int_text(md[key]):
             found.append(f"{key} not an integer")
     if found:
@@ -286,7 +288,7 @@ def violations(lam, path: str) -> list[str]:
         schedule = lam.schedule.tolist()
         if len(schedule) != int(md["steps"]) + 1 or rises(schedule):
             found.append("schedule")
-    for key in ("heldout_rmse_base", "heldout_rmse_dode"):
+    for key in ("heldout_rmse_base", "heldout_rmse_dode", "lambda_scale"):
         if key in md and not (math.isfinite(float(md[key])) and float(md[key]) >= 0):
             found.append(key)
     if md.get("schedule_source", "user") not in ("user", "fitted"):

@@ -145,6 +145,8 @@ def test_duplicate_header_keys_are_refused(tmp_path):
     ("heldout_rmse_dode", "1e999", "field 'heldout_rmse_dode' is '1e999'; expected a finite number >= 0."),
     ("heldout_rmse_dode", "٠.5", "field 'heldout_rmse_dode' is '٠.5'; expected a finite number >= 0."),
     ("heldout_count", "0", "field 'heldout_count' is 0; expected an integer at least 1."),
+    ("proof_calls", "-3", "field 'proof_calls' is -3; expected an integer at least 1."),
+    ("lambda_scale", "-0.5", "field 'lambda_scale' is '-0.5'; expected a finite number >= 0."),
     ("schedule_source", "mine", "field 'schedule_source' is 'mine'; expected one of 'user', 'fitted'."),
     ("teacher_factor", "0", "field 'teacher_factor' is 0; expected an integer at least 1."),
     ("steps", "100001", "field 'steps' is 100001; expected an integer from 1 to 100000."),
@@ -186,6 +188,15 @@ def test_a_pickle_or_checkpoint_renamed_is_called_what_it_is(tmp_path):
         "are never unpickled.")
     assert refused(tmp_path, b"\xff" * 64).startswith(
         f"not a safetensors file (its first 8 bytes give a header of {2**64 - 1} bytes")
+
+
+@pytest.mark.parametrize("header_len", [0x0280, 0x0580, 0x4B50])
+def test_a_header_length_that_starts_like_a_pickle_or_zip_is_still_safetensors(tmp_path, header_len):
+    # little-endian 0x0280 begins with the bytes of pickle protocol 2 (80 02), 0x4B50 with a zip's "PK"
+    entries, metadata, data = parts()
+    text = json.dumps({**entries, "__metadata__": metadata})
+    text += " " * (header_len - len(text.encode()))
+    assert load_lambdas(write(tmp_path, raw_file(None, None, data, header_text=text))).calls == 3
 
 
 def test_header_and_data_that_disagree_are_refused(tmp_path):
