@@ -204,11 +204,12 @@ def lambda_values(rng, data):
     count = len(body) // 4
     entry = header.get("lambdas")
     shape = entry.get("shape") if isinstance(entry, dict) else None
-    if rng.random() < 0.3 and isinstance(shape, list) and len(shape) >= 2 and all(type(d) is int for d in shape):
-        # a term that cannot exist: call k, term j >= k (only where the tensor has room for it)
-        k = rng.randrange(min(shape[0], shape[1]) or 1)
-        per_call = math.prod(shape[1:])
-        index = k * per_call + rng.randrange(max(1, per_call - k * (per_call // max(shape[1], 1))))
+    plausible = isinstance(shape, list) and len(shape) in (2, 3) and all(type(d) is int and d > 0 for d in shape)
+    if plausible and rng.random() < 0.3 and math.prod(shape) <= count:
+        # a term that cannot exist: call k < history, term j >= k
+        calls, history, channels = shape[0], shape[1], shape[2] if len(shape) == 3 else 1
+        k = rng.randrange(min(calls, history))
+        index = (k * history + rng.randrange(k, history)) * channels + rng.randrange(channels)
     else:
         index = rng.randrange(count)
     value = rng.choice(FLOATS) if rng.random() < 0.8 else rng.gauss(0, 10)
