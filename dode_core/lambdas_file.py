@@ -681,7 +681,7 @@ def _claim_new_name(temp: str, folder: str, stem: str) -> str:
 def _link_without_replacing(temp: str, path: str) -> None:
     """``path`` becomes ``temp``'s content, atomically, or FileExistsError if ``path`` exists (even as a link)."""
     try:
-        os.link(temp, path, follow_symlinks=False)
+        os.link(temp, path)
         return
     except FileExistsError:
         raise
