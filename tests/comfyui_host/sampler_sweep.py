@@ -54,7 +54,15 @@ def main(argv=None) -> None:
     parser.add_argument("--calls", type=int, nargs="+", default=[4, 6, 8])
     parser.add_argument("--history", nargs="+", default=["1"])
     parser.add_argument("--samplers", nargs="*", default=None, help="a subset of ComfyUI's list")
+    parser.add_argument("--fit-batch", type=int, default=32)
+    parser.add_argument("--holdout", type=int, default=12)
+    parser.add_argument("--test-batch", type=int, default=128)
+    parser.add_argument("--markdown", metavar="JSONL", help="print the table of an earlier run's output and exit")
     args = parser.parse_args(argv)
+    if args.markdown:
+        with open(args.markdown) as handle:
+            print(markdown([json.loads(line) for line in handle if line.startswith("{")]))
+        return
     sys.path[:0] = [args.comfy_dir, ROOT, os.path.join(ROOT, "tests")]
 
     import comfy.cli_args
@@ -72,8 +80,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     model = HostLike(KDEDenoiser(digits_data(), bandwidth=0.3), host_model_sampling())
     # float32 latents and sigmas, as ComfyUI passes them (its UniPC cannot take float64)
-    fit_noise = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    test_noise = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    fit_noise = torch.randn(args.fit_batch, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    test_noise = torch.randn(args.test_batch, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     reference_sigmas = comfy_sampling.get_sigmas_karras(400, SIGMA_MIN, SIGMA_MAX)
     reference = sample_dpmpp_2m_teacher(model, test_noise * SIGMA_MAX, reference_sigmas)
 
@@ -94,13 +102,13 @@ def main(argv=None) -> None:
                 model, fit_noise, comfy_sampling.get_sigmas_karras(s, SIGMA_MIN, SIGMA_MAX), function)[0])
                 <= max(calls, 3))
             sigmas = comfy_sampling.get_sigmas_karras(steps, SIGMA_MIN, SIGMA_MAX)
-            base = rmse(function(model, test_noise * SIGMA_MAX, sigmas, extra_args={}, disable=True))
+            base = rmse(function(model, test_noise * SIGMA_MAX, sigmas.clone(), extra_args={}, disable=True))
             for history in args.history:
                 row = {"sampler": name, "steps": steps, "history": history, "base": base}
                 started = time.perf_counter()
                 try:
                     lam = distill(model, fit_noise * SIGMA_MAX, sigmas, function,
-                                  history=history if history == "auto" else int(history))
+                                  history=history if history == "auto" else int(history), holdout=args.holdout)
                 except (SamplerRefusedError, NoGainError) as error:
                     row["refused"] = str(error)
                 else:
@@ -109,6 +117,30 @@ def main(argv=None) -> None:
                                heldout=lam.heldout(), lambda_scale=float(lam.metadata["lambda_scale"]))
                 row["seconds"] = round(time.perf_counter() - started, 2)
                 print(json.dumps(row), flush=True)
+
+
+def markdown(rows) -> str:
+    """One line per sampler: RMSE to the converged run, base -> D-ODE (ratio) per budget and history; or why not."""
+    budgets = sorted({(row["steps"], row.get("calls", 0)) for row in rows if "steps" in row})
+    histories = sorted({row["history"] for row in rows if "history" in row}, key=str)
+    lines = ["| sampler | " + " | ".join(f"h={h}" for h in histories) + " |", "| --- |" + " --- |" * len(histories)]
+    for name in dict.fromkeys(row["sampler"] for row in rows):
+        mine = [row for row in rows if row["sampler"] == name]
+        if "steps" not in mine[0]:
+            why = mine[0]["refused"].split(";")[0].split(": ", 1)[0].split(" (")[0].split(" on this")[0]
+            lines.append(f"| {name} | refused: {why.removeprefix('sampler ')} |" + " |" * (len(histories) - 1))
+            continue
+        cells = []
+        for history in histories:
+            parts = []
+            for row in (r for r in mine if r["history"] == history):
+                calls = row.get("calls") or "?"
+                parts.append(f"{calls} calls {row['base']:.3f}->{row['dode']:.3f} ({row['dode'] / row['base']:.2f})"
+                             if "dode" in row else f"{row['steps']} steps: no gain, refused")
+            cells.append("; ".join(parts))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    del budgets
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
