@@ -170,9 +170,9 @@ class DODEDenoiser(ModelProxy):
         """A non-finite corrected output: name the model call that produced a non-finite output, or keep a
         float16/bfloat16 correction that only overflowed its dtype in float32, or blame the λ."""
         outputs = previous + [denoised]
-        for age, output in enumerate(reversed(outputs)):
+        for index, output in enumerate(outputs):  # the oldest first: the others may follow from it
             if not bool(torch.isfinite(output).all()):
-                call = k - age
+                call = k - len(outputs) + 1 + index
                 raise ValueError(
                     f"the model returned non-finite values (NaN or inf) at model call {call} (sigma "
                     f"{self.lam.call_sigmas[call]:.4g}); D-ODE did not cause them and the base sampler would fail "
@@ -182,10 +182,10 @@ class DODEDenoiser(ModelProxy):
             wide = _corrected_wide(denoised, previous, self.weights[k])
             if all_finite(wide):
                 return wide  # the sampler's state is float32 or wider anyway
-        lambdas = self.lam.lambdas[k, : min(k, self.lam.history)].tolist()
+        lambdas = ", ".join(f"{v:.4g}" for v in self.lam.lambdas[k, : min(k, self.lam.history)].flatten().tolist())
         raise ValueError(
             f"the D-ODE correction made the output of model call {k} (sigma {sigma_k:.4g}) non-finite: λ = "
-            f"{lambdas} times the differences of the model's outputs exceed the range of {corrected.dtype}. These "
+            f"[{lambdas}] times the differences of the model's outputs exceed the range of {corrected.dtype}. These "
             "λ cannot have been fitted for this model and schedule; distill λ for them."
         )
 
