@@ -61,15 +61,16 @@ def call_weights(lam: Lambdas) -> list[list]:
 
     Read once per run, so no call converts or moves λ again.
     """
+    per_channel = lam.lambdas.dim() == 3
     weights = []
-    for k, lambdas_k in enumerate(lam.lambdas.double()):
+    for k, lambdas_k in enumerate(lam.lambdas.tolist()):  # one conversion: python floats, exact float32 values
         lambdas_k = lambdas_k[: min(k, lam.history)]
-        if not bool(lambdas_k.any()):
+        if not any(map(any, lambdas_k) if per_channel else lambdas_k):
             weights.append([])
-        elif lambdas_k.dim() == 1:
-            weights.append(lambdas_k.tolist())
+        elif per_channel:
+            weights.append([torch.tensor(channels, dtype=torch.float64) for channels in lambdas_k])
         else:
-            weights.append(list(lambdas_k))
+            weights.append(lambdas_k)
     return weights
 
 

@@ -1,0 +1,205 @@
+#!/usr/bin/env python
+"""What sampling with λ costs over the base sampler: ``dode_core.sample`` vs the k-diffusion sampler itself.
+
+Two figures per sampler and step count, measured in the same run:
+
+- direct: the median, over alternating pairs (base then D-ODE, D-ODE then base, ...), of the wall-time ratio
+  sample() / base on a conv-net denoiser that costs at least ``MIN_CALL_MS`` a call on this CPU (float32, a
+  batch of 2 latents 4x48x48). On a shared machine this carries the machine's noise.
+- implied: 1 + D-ODE's own time / the base run's time, where D-ODE's own time is sample() minus the base
+  sampler on a free denoiser (it returns ``x * 0.5``) with the same latent: the correction, the history, the
+  per-call checks and the schedule check (the probe is cached after the first run of a schedule, so a
+  repeated schedule pays only its key). The fastest D-ODE run minus the fastest base run over many alternating
+  pairs: other processes only ever add time, so the minima are the readings least disturbed by them.
+
+    python bench/overhead.py [--quick] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # raised by k_diffusion's clip import
+
+import torch  # noqa: E402
+from k_diffusion import sampling as ks  # noqa: E402
+
+from dode_core import Lambdas, sample  # noqa: E402
+from dode_core.blackbox import probe_call_sigmas, sampler_name  # noqa: E402
+
+SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
+SAMPLERS = (ks.sample_euler, ks.sample_dpmpp_2m, ks.sample_heun)
+STEPS = (8, 30)
+LATENT_SHAPE = (2, 4, 48, 48)
+MIN_CALL_MS = 10.0
+PAIRS, QUICK_PAIRS = 15, 3
+FREE_PAIRS, FREE_BUDGET_S = 300, 3.0  # pairs on the free model, for D-ODE's own time (fewer once the budget is spent)
+IMPLIED_TARGET, DIRECT_TARGET, DIRECT_TARGET_STEPS = 1.005, 1.01, 30
+LAMBDA = 0.1  # any non-zero λ: zero would skip the correction and time nothing
+
+
+class ConvDenoiser:
+    """A k-diffusion-style denoiser over a random conv net: ``D(x, sigma) = x - net(c_in x) * sigma``."""
+
+    def __init__(self, depth: int, channels: int = 64, latent_channels: int = LATENT_SHAPE[1]):
+        torch.manual_seed(0)
+        layers = [torch.nn.Conv2d(latent_channels, channels, 3, padding=1)]
+        for _ in range(depth):
+            layers += [torch.nn.SiLU(), torch.nn.Conv2d(channels, channels, 3, padding=1)]
+        layers += [torch.nn.SiLU(), torch.nn.Conv2d(channels, latent_channels, 3, padding=1)]
+        self.net = torch.nn.Sequential(*layers).eval()
+        self.depth = depth
+
+    @torch.no_grad()
+    def __call__(self, x, sigma, **extra_args):
+        sigma = sigma.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+        return x - self.net(x / (1 + sigma**2).sqrt()) * sigma
+
+
+def free_model(x, sigma, **extra_args):
+    """A denoiser that costs next to nothing, to time what D-ODE adds around the model alone."""
+    return x * 0.5
+
+
+def karras(steps: int) -> torch.Tensor:
+    return ks.get_sigmas_karras(steps, SIGMA_MIN, SIGMA_MAX).float()
+
+
+def start_latent() -> torch.Tensor:
+    return torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(1)) * SIGMA_MAX
+
+
+def wall_seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def build_model(min_call_ms: float = MIN_CALL_MS) -> tuple[ConvDenoiser, float]:
+    """A conv denoiser, deepened until one call costs at least ``min_call_ms`` (median of 9); (model, ms)."""
+    x, sigma = start_latent(), torch.full((LATENT_SHAPE[0],), SIGMA_MAX)
+    depth = 1
+    while True:
+        model = ConvDenoiser(depth)
+        call = functools.partial(model, x, sigma)
+        for _ in range(3):  # warm-up: the first calls allocate
+            call()
+        call_ms = 1e3 * statistics.median(wall_seconds(call) for _ in range(9))
+        if call_ms >= min_call_ms:
+            return model, call_ms
+        depth += max(1, depth // 2)
+
+
+def alternating_pairs(run_base, run_dode, pairs: int, budget_s: float = math.inf) -> list[tuple[float, float]]:
+    """``(base, dode)`` wall times, the order alternating from pair to pair so that neither always runs second;
+    one warm-up of each first; stops early (after at least 3 pairs) once ``budget_s`` is spent."""
+    run_base(), run_dode()
+    times, deadline = [], time.perf_counter() + budget_s
+    while len(times) < pairs and (len(times) < 3 or time.perf_counter() < deadline):
+        if len(times) % 2 == 0:
+            base = wall_seconds(run_base)
+            dode = wall_seconds(run_dode)
+        else:
+            dode = wall_seconds(run_dode)
+            base = wall_seconds(run_base)
+        times.append((base, dode))
+    return times
+
+
+def fixed_lambdas(sampler, x, sigmas) -> Lambdas:
+    """λ = LAMBDA at every call after the first, for the calls ``sampler`` makes on ``sigmas`` (a fit would time
+    the same: the cost does not depend on the values, only on whether they are 0)."""
+    call_sigmas, _ = probe_call_sigmas(free_model, x, sigmas, sampler)
+    lambdas = torch.full((len(call_sigmas), 1), LAMBDA)
+    lambdas[0] = 0.0
+    return Lambdas(lambdas, tuple(call_sigmas), {"base_sampler": sampler_name(sampler), "steps": str(len(sigmas) - 1)})
+
+
+def overhead_row(model, x, sampler, steps: int, pairs: int) -> dict:
+    """Direct and implied ratios for one sampler at one step count."""
+    sigmas = karras(steps)
+    lam = fixed_lambdas(sampler, x, sigmas)
+
+    def runner(denoiser, dode: bool):
+        if dode:
+            return lambda: sample(denoiser, x, sigmas, sampler, lam, disable=True)
+        return lambda: sampler(denoiser, x, sigmas, disable=True)
+
+    probe_s = min(wall_seconds(lambda: probe_call_sigmas(free_model, x, sigmas, sampler)) for _ in range(5))
+    direct = alternating_pairs(runner(model, False), runner(model, True), pairs)
+    free = alternating_pairs(runner(free_model, False), runner(free_model, True), FREE_PAIRS, FREE_BUDGET_S)
+    base = statistics.median(b for b, _ in direct)
+    own = max(min(d for _, d in free) - min(b for b, _ in free), 0.0)
+    return {"sampler": sampler_name(sampler), "steps": steps, "calls": lam.calls, "base": base,
+            "ratio": statistics.median(d / b for b, d in direct), "pairs": len(direct),
+            "own": own, "free_pairs": len(free), "probe": probe_s, "implied": 1.0 + own / base}
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def meets_targets(row: dict) -> bool:
+    """implied <= IMPLIED_TARGET everywhere; direct <= DIRECT_TARGET at DIRECT_TARGET_STEPS."""
+    return row["implied"] <= IMPLIED_TARGET and (row["steps"] != DIRECT_TARGET_STEPS or row["ratio"] <= DIRECT_TARGET)
+
+
+def overhead_section(quick: bool = False) -> tuple[str, list[dict]]:
+    """The overhead table and its rows (keys: sampler, steps, calls, base, ratio, own, probe, implied, ...)."""
+    load_before = os.getloadavg()[0]
+    with torch.no_grad():
+        model, call_ms = build_model()
+        x = start_latent()
+        rows = [overhead_row(model, x, sampler, steps, QUICK_PAIRS if quick else PAIRS)
+                for sampler in SAMPLERS for steps in ((8,) if quick else STEPS)]
+    header = ["sampler", "steps", "model calls", "model ms/call", "base s (median)", "direct ratio (median of pairs)",
+              "D-ODE own ms/run", "implied ratio", "probe ms (paid once per schedule)", "within target"]
+    body = [[row["sampler"], str(row["steps"]), str(row["calls"]), f"{1e3 * row['base'] / row['calls']:.1f}",
+             f"{row['base']:.3f}", f"{row['ratio']:.4f}",
+             f"{1e3 * row['own']:.3f}", f"{row['implied']:.4f}", f"{1e3 * row['probe']:.2f}",
+             "yes" if meets_targets(row) else "**NO**"] for row in rows]
+    note = (f"conv net: depth {model.depth} x 64 channels, {call_ms:.1f} ms a call, latent {LATENT_SHAPE} float32, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) on {os.cpu_count()} CPUs, load average "
+            f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}. Direct: median over {rows[0]['pairs']} alternating "
+            f"pairs; own: fastest D-ODE minus fastest base run over {min(row['free_pairs'] for row in rows)}+ "
+            "pairs on a free model (x * 0.5). "
+            f"Targets: implied <= {IMPLIED_TARGET}, direct <= {DIRECT_TARGET} at {DIRECT_TARGET_STEPS} steps.")
+    return markdown_table(header, body) + "\n\n" + note, rows
+
+
+def summary(rows: list[dict]) -> str:
+    """One line for bench.py's summary."""
+    worst = max(rows, key=lambda row: row["ratio"])
+    at_target = [row["ratio"] for row in rows if row["steps"] == DIRECT_TARGET_STEPS] or [worst["ratio"]]
+    return (f"sample() overhead: implied <= {max(row['implied'] for row in rows):.4f} (target {IMPLIED_TARGET}), "
+            f"direct median ratio <= {max(at_target):.4f} at {DIRECT_TARGET_STEPS} steps (target {DIRECT_TARGET}); "
+            f"within target in {sum(map(meets_targets, rows))}/{len(rows)} rows")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="8 steps, 3 pairs: a smoke run")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared machine a multi-threaded conv waits for "
+                             "descheduled threads, which is noise, not overhead)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    table, rows = overhead_section(args.quick)
+    print(f"## Wall time of sample() vs the base sampler\n\n{table}\n\n{summary(rows)}")
+    return 0 if all(map(meets_targets, rows)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
