@@ -156,14 +156,22 @@ def meets_targets(row: dict) -> bool:
     return row["implied"] <= IMPLIED_TARGET and (row["steps"] != DIRECT_TARGET_STEPS or row["ratio"] <= DIRECT_TARGET)
 
 
-def overhead_section(quick: bool = False) -> tuple[str, list[dict]]:
-    """The overhead table and its rows (keys: sampler, steps, calls, base, ratio, own, probe, implied, ...)."""
-    load_before = os.getloadavg()[0]
-    with torch.no_grad():
-        model, call_ms = build_model()
-        x = start_latent()
-        rows = [overhead_row(model, x, sampler, steps, QUICK_PAIRS if quick else PAIRS)
-                for sampler in SAMPLERS for steps in ((8,) if quick else STEPS)]
+def overhead_section(quick: bool = False, threads: int = 1) -> tuple[str, list[dict]]:
+    """The overhead table and its rows (keys: sampler, steps, calls, base, ratio, own, probe, implied, ...).
+
+    ``threads``: torch threads while it runs (1 by default: on a shared machine a multi-threaded conv waits for
+    descheduled threads, which is noise, not overhead); restored afterwards.
+    """
+    load_before, threads_before = os.getloadavg()[0], torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            model, call_ms = build_model()
+            x = start_latent()
+            rows = [overhead_row(model, x, sampler, steps, QUICK_PAIRS if quick else PAIRS)
+                    for sampler in SAMPLERS for steps in ((8,) if quick else STEPS)]
+    finally:
+        torch.set_num_threads(threads_before)
     header = ["sampler", "steps", "model calls", "model ms/call", "base s (median)", "direct ratio (median of pairs)",
               "D-ODE own ms/run", "implied ratio", "probe ms (paid once per schedule)", "within target"]
     body = [[row["sampler"], str(row["steps"]), str(row["calls"]), f"{1e3 * row['base'] / row['calls']:.1f}",
@@ -171,12 +179,70 @@ def overhead_section(quick: bool = False) -> tuple[str, list[dict]]:
              f"{1e3 * row['own']:.3f}", f"{row['implied']:.4f}", f"{1e3 * row['probe']:.2f}",
              "yes" if meets_targets(row) else "**NO**"] for row in rows]
     note = (f"conv net: depth {model.depth} x 64 channels, {call_ms:.1f} ms a call, latent {LATENT_SHAPE} float32, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) on {os.cpu_count()} CPUs, load average "
+            f"torch {torch.__version__}, {threads} thread(s) on {os.cpu_count()} CPUs, load average "
             f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}. Direct: median over {rows[0]['pairs']} alternating "
             f"pairs; own: fastest D-ODE minus fastest base run over {min(row['free_pairs'] for row in rows)}+ "
             "pairs on a free model (x * 0.5). "
             f"Targets: implied <= {IMPLIED_TARGET}, direct <= {DIRECT_TARGET} at {DIRECT_TARGET_STEPS} steps.")
     return markdown_table(header, body) + "\n\n" + note, rows
+
+
+def half_precision_section(samplers=(ks.sample_euler, ks.sample_dpmpp_2m), calls: int = 8) -> str:
+    """How far the correction rounded once to the model's dtype (one lerp in float16/bfloat16) lands from the
+    same correction formed and kept in float32, on the embedded demo model whose outputs are cast to the half dtype
+    (as a GPU model under autocast answers); float32 latents, λ fitted on the half-precision model.
+
+    Next to it, for scale: what the half-precision model itself changes (float32 model, same λ), what D-ODE
+    changes (D-ODE vs base), and the RMSE of both paths to a 60-step Heun reference of the float32 model.
+    This is what chose ROUNDED_ONCE_DTYPES in dode_core/correction.py.
+    """
+    from dode_core import correction, distill
+    from dode_core.demo.job import karras_sigmas
+    from dode_core.demo.model import load_demo_model
+
+    def rms(a, b):
+        return float((a.double() - b.double()).square().mean().sqrt())
+
+    def kept_in_float32(denoised, previous, weights):
+        return denoised if not weights else correction._corrected_wide(denoised, previous, weights)
+
+    def rounded_in_dtype(denoised, previous, weights):
+        return denoised if not weights else correction._corrected_wide(denoised, previous, weights).to(denoised.dtype)
+
+    def sample_with(correct, *args):
+        original, correction.corrected_output = correction.corrected_output, correct
+        try:
+            return sample(*args, disable=True)
+        finally:
+            correction.corrected_output = original
+
+    model = load_demo_model()
+    generator = torch.Generator().manual_seed(0)
+    fit_noise = torch.randn(32, 1, 16, 16, generator=generator) * SIGMA_MAX
+    eval_noise = torch.randn(64, 1, 16, 16, generator=generator) * SIGMA_MAX
+    body = []
+    with torch.no_grad():
+        reference = ks.sample_heun(model, eval_noise, karras_sigmas(60), disable=True)
+        for dtype in (torch.float16, torch.bfloat16):
+            def half_model(x, sigma, dtype=dtype, **extra_args):
+                return model(x, sigma, **extra_args).to(dtype)
+
+            for sampler in samplers:
+                sigmas = karras_sigmas(calls)
+                lam = distill(half_model, fit_noise, sigmas, sampler, teacher_factor=10)
+                in_dtype = sample_with(rounded_in_dtype, half_model, eval_noise, sigmas, sampler, lam)
+                in_float32 = sample_with(kept_in_float32, half_model, eval_noise, sigmas, sampler, lam)
+                float32_model = sample(model, eval_noise, sigmas, sampler, lam, disable=True)
+                base = sampler(half_model, eval_noise, sigmas, disable=True)
+                body.append([str(dtype).removeprefix("torch."), sampler_name(sampler), str(lam.calls),
+                             f"{rms(in_dtype, in_float32):.2e}", f"{rms(in_float32, float32_model):.2e}",
+                             f"{rms(in_float32, base):.2e}", f"{rms(in_dtype, reference):.5f}",
+                             f"{rms(in_float32, reference):.5f}", f"{rms(base, reference):.5f}"])
+    header = ["model output", "sampler", "calls", "RMS corrected in dtype - in float32",
+              "RMS half model - float32 model", "RMS D-ODE - base", "RMSE to ref (in dtype)",
+              "RMSE to ref (float32)", "RMSE to ref (base)"]
+    note = "64 held-out latents (1, 16, 16) of the demo model; final states in [-1, 1] data units."
+    return markdown_table(header, body) + "\n\n" + note
 
 
 def summary(rows: list[dict]) -> str:
@@ -191,12 +257,14 @@ def summary(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="8 steps, 3 pairs: a smoke run")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a shared machine a multi-threaded conv waits for "
-                             "descheduled threads, which is noise, not overhead)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads while timing (default 1)")
+    parser.add_argument("--half", action="store_true",
+                        help="instead: float16/bfloat16 correction vs float32 on the embedded demo model")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    table, rows = overhead_section(args.quick)
+    if args.half:
+        print(f"## Correction in the model's half dtype vs in float32\n\n{half_precision_section()}")
+        return 0
+    table, rows = overhead_section(args.quick, args.threads)
     print(f"## Wall time of sample() vs the base sampler\n\n{table}\n\n{summary(rows)}")
     return 0 if all(map(meets_targets, rows)) else 1
 

@@ -130,14 +130,16 @@ def test_the_fused_correction_equals_the_fits_form(history, channels):
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_a_half_precision_output_is_corrected_in_its_dtype_and_rounded_once(dtype):
+@pytest.mark.parametrize("dtype, returned", [(torch.float16, torch.float16), (torch.bfloat16, torch.float32)])
+def test_a_half_precision_output_is_rounded_once_or_kept_in_float32(dtype, returned):
+    """float16: the float32 correction rounded once to float16; bfloat16 (too coarse): the float32 correction."""
     generator = torch.Generator().manual_seed(0)
     previous, denoised = (torch.randn(2, 4, 8, 8, generator=generator).to(dtype) for _ in range(2))
-    got = corrected_output(denoised, [previous], [0.37])
-    assert got.dtype == dtype
-    exact = denoised.float() + 0.37 * (denoised.float() - previous.float())
-    assert torch.equal(got, exact.to(dtype))  # the float32 result, rounded once
+    exact = torch.lerp(previous.float(), denoised.float(), 1.37)  # D + 0.37 (D - D_prev) in float32
+    for weights in ([0.37], [0.37, 0.0]):  # the one-kernel path and the general one agree
+        got = corrected_output(denoised, [previous, previous], weights)
+        assert got.dtype == returned
+        assert torch.equal(got, exact.to(returned))
 
 
 def test_the_wrapper_keeps_the_models_own_outputs_and_only_the_history_it_needs():
