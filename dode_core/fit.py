@@ -1,16 +1,19 @@
-"""The closed-form, greedy λ fit over a black-box sampler (DESIGN.md §1).
+"""The closed-form, greedy λ fit over a black-box sampler, proved on held-out latents (DESIGN.md §1).
 
-At model call k every standard ODE sampler is affine in the denoised output it is given, so the state
-it reaches next is affine in the λ of that call:
+At model call k every standard ODE sampler is affine in the denoised output it is given, so the state it
+reaches next is affine in the λ of that call:
 
-    x_next(lambda) = x_next(0) + sum_j lambda_j * v_j,    v_j = x_next(e_j) - x_next(0)
+    x_next(lambda) = x_next(0) + sum_j lambda_j * v_j,    v_j = beta_k * term_j,
 
-and lambda_k solves the least-squares problem against the teacher state t at the same sigma,
+where ``beta_k`` is the weight of this call's output in the next state (measured on free stand-in probes,
+blackbox.measure_sampler) and ``term_j = D_{k-j+1} - D_{k-j}``. lambda_k solves the least-squares problem
+against the teacher state t at the same sigma,
 
     G lambda = b,    G_ij = <v_i, v_j>,   b_i = <t - x_next(0), v_i>,
 
-summed in float64 over the whole batch. x_next(0) and x_next(e_j) come from replays of the sampler over
-cached outputs (no model evaluation), so a fit costs one teacher run plus one student run.
+summed in float64 over the fit latents. The student sampler runs once, live: λ_k is fitted inside model
+call k and the corrected output handed back, so a fit costs one teacher run, one student run and one base
+run on the same batch (the held-out proof).
 """
 
 from __future__ import annotations
@@ -24,25 +27,32 @@ from dataclasses import dataclass
 import torch
 
 from .blackbox import (
-    ModelCall,
     ModelProxy,
+    SamplerMap,
     SamplerRefusedError,
     check_deterministic,
+    check_follows_schedule,
     close_enough,
+    measure_sampler,
     private_rng,
-    replay,
     sampler_name,
     sigma_value,
 )
 from .correction import apply_correction, differences, working_precision
 from .lambdas_file import Lambdas, format_sigmas
-from .teacher import grid_index, teacher_sigmas
+from .teacher import sample_dpmpp_2m_teacher, teacher_sigmas
 from .version import __version__
 
 log = logging.getLogger(__name__)
 
 AUTO_MAX_HISTORY = 3
-HELD_OUT_EVERY = 4  # history="auto": every 4th latent of the batch is held out to choose the term count
+HELD_OUT_EVERY = 4  # history="auto": every 4th fit latent is held out to choose the term count
+MAX_TEACHER_STEPS = 20_000  # steps x teacher_factor: beyond this a fit is a mistake, not a wish
+SHRINK_CANDIDATES = (0.5,)  # tried, each at one more student run, when the full λ do not beat the base
+
+
+class NoGainError(ValueError):
+    """The fitted λ were not better than the base sampler on the held-out latents; no λ are delivered."""
 
 
 class _Progress:
@@ -53,6 +63,9 @@ class _Progress:
 
     def step(self) -> None:
         self.done += 1
+        self.report()
+
+    def report(self) -> None:
         if self.callback is not None:
             self.callback(self.done, self.total)
 
@@ -60,9 +73,9 @@ class _Progress:
 class _CheckedModel(ModelProxy):
     """The user's model, with every output checked for shape and finiteness and counted for progress."""
 
-    def __init__(self, model, progress: _Progress, role: str):
+    def __init__(self, model, progress: _Progress):
         super().__init__(model)
-        self.progress, self.role = progress, role
+        self.progress, self.role = progress, "fit"
         self.dtype = ""  # of the last output, recorded in the λ file
 
     def __call__(self, x, sigma, **extra_args):
@@ -72,20 +85,24 @@ class _CheckedModel(ModelProxy):
             raise ValueError(f"the model returned {shape} for an input of shape {tuple(x.shape)} "
                              f"({self.role}, sigma {sigma_value(sigma):.4g}); expected the same shape.")
         if not bool(torch.isfinite(denoised).all()):
+            hint = ("the guidance scale (cfg) in extra_args is not finite" if _non_finite_cfg(extra_args) else
+                    "check the model and its precision (try float32 or bfloat16 instead of float16)")
             raise ValueError(f"the model returned non-finite values (NaN or inf) during the {self.role} "
-                             f"at sigma {sigma_value(sigma):.4g}; no λ were fitted. Check the model and its "
-                             "precision (try float32 or bfloat16 instead of float16).")
+                             f"at sigma {sigma_value(sigma):.4g}; no λ were fitted: {hint}.")
         self.progress.step()
         self.dtype = str(denoised.dtype).removeprefix("torch.")
         return denoised
 
 
-def check_inputs(x, sigmas, teacher_factor, history) -> None:
-    """Clear errors for a schedule, latent or option that cannot be distilled."""
+def _non_finite_cfg(extra_args) -> bool:
+    value = extra_args.get("cond_scale", extra_args.get("cfg"))
+    return isinstance(value, (int, float)) and not math.isfinite(value)
+
+
+def check_inputs(x, sigmas, teacher_factor, history, holdout) -> int:
+    """Clear errors for a schedule, latent or option that cannot be distilled; returns the held-out count."""
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] < 1:
         raise ValueError(f"x must be a batch of latents (batch, ...); got {getattr(x, 'shape', type(x))}.")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x holds non-finite values (NaN or inf); expected a finite start latent.")
     if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1:
         raise ValueError(f"sigmas must be a 1-D tensor; got {getattr(sigmas, 'shape', type(sigmas))}.")
     if len(sigmas) < 3:
@@ -95,36 +112,92 @@ def check_inputs(x, sigmas, teacher_factor, history) -> None:
         raise ValueError(f"sigmas must be finite and >= 0; got {format_sigmas(sigmas)}.")
     if bool((sigmas[1:] > sigmas[:-1]).any()):
         raise ValueError(f"sigmas must decrease; got {format_sigmas(sigmas)}.")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds non-finite values (NaN or inf); expected a finite start latent.")
     if isinstance(teacher_factor, bool) or not isinstance(teacher_factor, int) or teacher_factor < 1:
         raise ValueError(f"teacher_factor must be an integer >= 1; got {teacher_factor!r}.")
+    if (len(sigmas) - 1) * teacher_factor > MAX_TEACHER_STEPS:
+        raise ValueError(f"steps x teacher_factor = {len(sigmas) - 1} x {teacher_factor} is over "
+                         f"{MAX_TEACHER_STEPS}; the teacher would make at least that many model calls. "
+                         "Use fewer steps or a smaller teacher_factor (10 is plenty).")
     if history != "auto" and (isinstance(history, bool) or not isinstance(history, int) or not 1 <= history <= 8):
         raise ValueError(f"history must be 1 to 8 or 'auto'; got {history!r}.")
-    if history == "auto" and x.shape[0] < HELD_OUT_EVERY:
-        raise ValueError(f"history='auto' holds out every {HELD_OUT_EVERY}th latent to choose the number of "
-                         f"terms, so it needs a batch of at least {HELD_OUT_EVERY}; got {x.shape[0]}.")
+    batch = x.shape[0]
+    if batch < 2:
+        raise ValueError("D-ODE proves every fit on latents it was not fitted on, so it needs a batch of at least "
+                         "2 latents (4 to 16 is reasonable); got 1.")
+    if holdout is None:
+        holdout = max(1, batch // 4)
+    if isinstance(holdout, bool) or not isinstance(holdout, int) or not 1 <= holdout < batch:
+        raise ValueError(f"holdout must be an integer from 1 to batch - 1 = {batch - 1}; got {holdout!r}.")
+    if history == "auto" and batch - holdout < HELD_OUT_EVERY:
+        raise ValueError(f"history='auto' holds out every {HELD_OUT_EVERY}th fit latent to choose the number of "
+                         f"terms, so it needs at least {HELD_OUT_EVERY} fit latents besides the {holdout} held "
+                         f"out; got a batch of {batch}.")
+    return holdout
 
 
-def run_teacher(model, x, grid, sampler, wanted: list[int], *, extra_args=None, options=None):
-    """Run ``sampler`` over ``grid`` from ``x``; return the states at grid indices ``wanted``, on the CPU.
+def _check_teacher(model, x, grid, teacher, extra_args, options) -> list[float]:
+    """The teacher's call sigmas, from free probes; refuses a teacher that injects noise or breaks on the grid."""
+    try:
+        return check_deterministic(model, x, grid, teacher, extra_args=extra_args, options=options,
+                                   role="the teacher grid")
+    except SamplerRefusedError as error:
+        raise SamplerRefusedError(f"{error}\nAs the teacher, choose a deterministic ODE sampler (the default, "
+                                  "dpmpp_2m_teacher, always is).") from None
 
-    States come from the sampler's callback (``{"i", "x"}``, the state at ``grid[i]``); the last grid
-    point's state is the sampler's result.
-    """
-    last = len(grid) - 1
-    states: dict[int, torch.Tensor] = {}
 
-    def record(info):
-        if info["i"] in wanted:
-            states[info["i"]] = info["x"].detach().to("cpu", copy=True)
+def _teacher_call_indices(teacher_calls: list[float], wanted: list[float], name: str) -> list[int | None]:
+    """For each wanted sigma, the index of the teacher's *last* call there (so a Heun-style predictor stage at
+    the same sigma does not count as the state); None for sigma 0, whose state is the teacher's result."""
+    indices = []
+    for sigma in wanted:
+        if sigma == 0:
+            indices.append(None)
+            continue
+        found = [i for i, s in enumerate(teacher_calls) if math.isclose(s, sigma, rel_tol=1e-5, abs_tol=1e-8)]
+        if not found:
+            raise SamplerRefusedError(f"teacher sampler '{name}' does not call the model at sigma {sigma:.4g}, "
+                                      "so its state there cannot be read; choose another teacher.")
+        indices.append(found[-1])
+    return indices
 
-    final = sampler(model, x.clone(), grid, extra_args=dict(extra_args or {}), callback=record, disable=True,
+
+class _Recorder(ModelProxy):
+    """Passes calls through and keeps, on the CPU, the inputs of the calls at ``indices``."""
+
+    def __init__(self, model, indices):
+        super().__init__(model)
+        self.wanted = set(indices) - {None}
+        self.states: dict[int, torch.Tensor] = {}
+        self.count = 0
+
+    def __call__(self, x, sigma, **extra_args):
+        if self.count in self.wanted:
+            self.states[self.count] = x.detach().to("cpu", copy=True)
+        self.count += 1
+        return self.inner(x, sigma, **extra_args)
+
+
+def run_teacher(model, x, grid, teacher, wanted_sigmas, teacher_calls, *, extra_args=None, options=None):
+    """Run ``teacher`` over ``grid`` from ``x``; return its states at ``wanted_sigmas`` (CPU), read from its
+    model inputs (the last call at each sigma) and, at sigma 0, from its result."""
+    indices = _teacher_call_indices(teacher_calls, wanted_sigmas, sampler_name(teacher))
+    recorder = _Recorder(model, indices)
+    final = teacher(recorder, x.clone(), grid, extra_args=dict(extra_args or {}), callback=None, disable=True,
                     **(options or {}))
-    states[last] = final.detach().to("cpu", copy=True)
-    missing = [i for i in wanted if i not in states]
-    if missing:
-        raise ValueError(f"teacher sampler '{sampler_name(sampler)}' did not report its state through the "
-                         "callback ({'i': step, 'x': state}); use a k-diffusion-style sampler as teacher.")
-    return [states[i] for i in wanted]
+    final = final.detach().to("cpu", copy=True)
+    return [final if i is None else recorder.states[i] for i in indices]
+
+
+def _accumulation_device(device: torch.device) -> torch.device:
+    """Where float64 sums happen: the model's device where it has float64, else the CPU (MPS, XPU, DirectML)."""
+    return device if device.type in ("cpu", "cuda") else torch.device("cpu")
+
+
+def _as64(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` in float64 on ``device``: moved first, then widened (no float64 on devices that lack it)."""
+    return tensor.to(device).to(torch.float64)
 
 
 def _batch_stats(vs: list[torch.Tensor], residual: torch.Tensor):
@@ -156,113 +229,24 @@ def _choose_term_count(G, b, c, floor: float) -> int:
     return 1 + min(range(len(errors)), key=errors.__getitem__)  # ties go to fewer terms
 
 
-def distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, teacher_sampler=None, history=1,
-            callback=None, options=None) -> Lambdas:
-    """Fit D-ODE λ for ``sampler`` on ``sigmas`` against a ``teacher_factor``-times finer teacher run.
-
-    model:    ``model(x, sigma, **extra_args) -> denoised`` (k-diffusion convention)
-    x:        a batch of start latents, already at noise level ``sigmas[0]``
-    history:  terms per call (1 = the paper's single λ), or "auto": 1 to 3 per call, chosen on held-out latents
-    callback: ``callback(done, total)`` after each model evaluation (teacher + student); raise to cancel
-    options:  extra keyword arguments for the sampler (as ComfyUI's ``extra_options``)
-
-    The global random state is left as it was found.
-    """
-    with torch.no_grad(), private_rng():
-        return _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_sampler, history, callback,
-                        options)
-
-
-def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_sampler, history, callback, options):
-    check_inputs(x, sigmas, teacher_factor, history)
-    teacher_sampler = teacher_sampler or sampler
-    extra_args = dict(extra_args or {})
-    sigmas = sigmas.to(x.device)
-    name = sampler_name(sampler)
-
-    call_sigmas = check_deterministic(model, x, sigmas, sampler, extra_args=extra_args, options=options)
-    if len(call_sigmas) < 2:
-        raise ValueError(f"sampler '{name}' calls the model {len(call_sigmas)} time(s) on this schedule; "
-                         "D-ODE needs at least 2 calls.")
-    grid64, _ = teacher_sigmas(sigmas.tolist(), call_sigmas, teacher_factor)
-    grid = grid64.to(device=x.device, dtype=sigmas.dtype)
-    teacher_options = options if teacher_sampler is sampler else None
-    teacher_calls = len(check_deterministic(model, x, grid, teacher_sampler, extra_args=extra_args,
-                                            options=teacher_options))
-    progress = _Progress(callback, teacher_calls + len(call_sigmas))
-
-    # target of call k: the state the sampler reaches next, at the sigma of call k+1 (the end, for the last)
-    target_sigmas = call_sigmas[1:] + [float(sigmas[-1])]
-    targets = run_teacher(_CheckedModel(model, progress, "teacher run"), x, grid, teacher_sampler,
-                          [grid_index(grid64, s) for s in target_sigmas], extra_args=extra_args,
-                          options=teacher_options)
-    log.info("teacher: %d model calls over %d sigmas", progress.done, len(grid))
-
-    max_terms = AUTO_MAX_HISTORY if history == "auto" else history
-    model_calls = _CheckedModel(model, progress, "student run")
-    student = _Student(model, x, sigmas, sampler, call_sigmas, extra_args, options)
-    accumulate_on = x.device if x.device.type in ("cpu", "cuda") else torch.device("cpu")  # float64 support
-
-    lambdas = torch.zeros(len(call_sigmas), max_terms, dtype=torch.float32)
-    fits: list[_CallFit] = []
-    raw, corrected = [], []
-    for k in range(len(call_sigmas)):
-        call = student.call(corrected, fits[-1] if fits else None)
-        # replays see at least float32, so that λ = 0, 1/2, 1 differ only by the correction, not by rounding
-        denoised = working_precision(model_calls(call.x, call.sigma, **call.extra_args))
-        raw.append(denoised)
-        terms = differences(raw, max_terms)
-        del raw[: -(max_terms + 1)]
-        x_zero, vs = student.affine_next_state(corrected, denoised, terms, accumulate_on)
-        fits.append(fit_call(x_zero, vs, targets[k].to(accumulate_on, torch.float64), history, max_terms))
-        lambdas[k] = fits[-1].lambdas.float().cpu()
-        corrected.append(apply_correction(denoised, terms, lambdas[k, : len(terms)]))
-    student.check_final(corrected, fits[-1])
-
-    rmse_before = [math.sqrt(max(fit.energy_before, 0.0) / x.numel()) for fit in fits]
-    rmse_after = [math.sqrt(max(fit.energy_after, 0.0) / x.numel()) for fit in fits]
-    log.info("distilled %s: %d calls, fit RMSE %.4g -> %.4g at the last call", name, len(call_sigmas),
-             rmse_before[-1], rmse_after[-1])
-    metadata = {
-        "base_sampler": name,
-        "steps": str(len(sigmas) - 1),
-        "schedule": json.dumps([float(s) for s in sigmas.tolist()]),
-        "history_mode": str(history),
-        "history_per_call": json.dumps([fit.terms for fit in fits]),
-        "teacher_sampler": sampler_name(teacher_sampler),
-        "teacher_factor": str(teacher_factor),
-        "teacher_calls": str(teacher_calls),
-        "batch_size": str(x.shape[0]),
-        "latent_shape": json.dumps(list(x.shape[1:])),
-        "model_dtype": model_calls.dtype,
-        "fit_rmse_before": json.dumps(rmse_before),
-        "fit_rmse_after": json.dumps(rmse_after),
-        "plugin_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    return Lambdas(lambdas=lambdas, call_sigmas=tuple(call_sigmas), metadata=metadata)
-
-
 @dataclass
 class _CallFit:
-    """The fit of one call: its λ, the terms used, the squared error of the next state before (λ = 0) and
-    after, and the next state the fitted λ predict (checked against the next replay)."""
+    """The fit of one call: its λ (float64, exactly what the file holds), the terms used, and the squared
+    error of the next state on the fit latents before (λ = 0) and after."""
 
     lambdas: torch.Tensor
     terms: int
     energy_before: float
     energy_after: float
-    predicted: torch.Tensor
-    predicted_scale: float  # norm of what was summed into `predicted`, for the rounding tolerance
 
 
-def fit_call(x_zero: torch.Tensor, vs: list[torch.Tensor], target: torch.Tensor, history, max_terms: int) -> _CallFit:
-    """λ of one call from its replays: least squares of ``target - x_zero`` on the directions ``vs``."""
+def fit_call(x_zero, vs, target, history, max_terms: int) -> _CallFit:
+    """λ of one call: least squares of ``target - x_zero`` on the directions ``vs`` (all (B, ...) float64)."""
     residual = target - x_zero
     lam = torch.zeros(max_terms, dtype=torch.float64, device=x_zero.device)
     if not vs:  # the first call has no earlier output to correct with
         energy = float((residual * residual).sum())
-        return _CallFit(lam, 0, energy, energy, x_zero, float(x_zero.norm()))
+        return _CallFit(lam, 0, energy, energy)
     G, b, c = _batch_stats(vs, residual)
     floor = (1e-6 * float(x_zero.norm())) ** 2
     terms = _choose_term_count(G, b, c, floor) if history == "auto" else len(vs)
@@ -270,78 +254,213 @@ def fit_call(x_zero: torch.Tensor, vs: list[torch.Tensor], target: torch.Tensor,
     lam[:terms] = _solve(G[:terms, :terms], b[:terms], floor)
     lam = lam.float().double()  # exactly the λ the file will hold
     used = lam[: len(vs)]
-    scale = float(x_zero.norm()) + sum(abs(float(w)) * float(v.norm()) for w, v in zip(used, vs, strict=True))
-    return _CallFit(
-        lambdas=lam,
-        terms=terms,
-        energy_before=float(c),
-        energy_after=float(_residual_energy(G, b, c, used)),
-        predicted=x_zero + sum(weight * v for weight, v in zip(used, vs, strict=True)),
-        predicted_scale=scale,
-    )
+    return _CallFit(lam, terms, float(c), float(_residual_energy(G, b, c, used)))
 
 
-class _Student:
-    """Replays of the student sampler over cached outputs, refusing it where it is not what the fit needs."""
+class _LiveFit(ModelProxy):
+    """The student run, driven by the real sampler once: at call k it reads the state the sampler passes,
+    checks it against the state the sampler's affine map predicted, calls the model, fits λ_k on the fit latents
+    and hands back the corrected output. Holds O(history + window) full-batch tensors."""
 
-    def __init__(self, model, x, sigmas, sampler, call_sigmas, extra_args, options):
-        self.model, self.x, self.sigmas, self.sampler = model, x, sigmas, sampler
-        self.call_sigmas, self.extra_args, self.options = call_sigmas, extra_args, options
+    def __init__(self, model, name, sampler_map: SamplerMap, targets, fit_count: int, history, max_terms: int):
+        super().__init__(model)
+        self.name, self.map, self.targets = name, sampler_map, targets
+        self.fit_count, self.history, self.max_terms = fit_count, history, max_terms
+        self.raw: list[torch.Tensor] = []  # the last max_terms + 1 raw outputs (working precision)
+        self.given: list[torch.Tensor] = []  # the last outputs_kept corrected outputs the sampler was given
+        self.start: torch.Tensor | None = None
+        self.predicted: torch.Tensor | None = None  # float64: the next input the map predicts
+        self.fits: list[_CallFit] = []
 
     def refuse(self, why: str):
-        raise SamplerRefusedError(
-            f"sampler '{sampler_name(self.sampler)}' {why}; D-ODE needs a deterministic ODE sampler with fixed "
-            "steps that is affine in the denoised output (euler, heun, dpmpp_2m, lms, dpm_2, ...)."
-        )
+        raise SamplerRefusedError(f"sampler '{self.name}' {why}; D-ODE needs a deterministic ODE sampler with "
+                                  "fixed steps that is affine in the denoised output (euler, heun, dpmpp_2m, ...).")
 
-    def replay(self, outputs):
-        return replay(self.model, self.x, self.sigmas, self.sampler, outputs, extra_args=self.extra_args,
-                      options=self.options)
-
-    def call(self, outputs, previous: _CallFit | None) -> ModelCall:
-        """The input of call ``len(outputs)``, checked against its probed sigma and the fit's prediction."""
-        k = len(outputs)
-        call, _ = self.replay(outputs)
-        if call is None or not math.isclose(sigma_value(call.sigma), self.call_sigmas[k], rel_tol=1e-5, abs_tol=1e-8):
-            self.refuse(f"did not make model call {k} at sigma {self.call_sigmas[k]:.4g} when replayed (it adapts "
-                        "its steps)")
-        if previous is not None and not close_enough(call.x, previous.predicted, previous.predicted_scale):
-            self.refuse(f"did not reach the state its replays predicted at call {k} (it injects noise, keeps "
+    def check_state(self, actual: torch.Tensor, where: str) -> None:
+        if not close_enough(actual, self.predicted, float(self.predicted.norm())):
+            self.refuse(f"did not reach the state its stand-in probes predicted {where} (it injects noise, keeps "
                         "state between runs, or is not affine in the denoised output)")
-        return call
 
-    def next_state(self, outputs) -> torch.Tensor:
-        """The state after call ``len(outputs) - 1``: the next call's input, or the result after the last call."""
-        k, calls = len(outputs) - 1, len(self.call_sigmas)
-        call, final = self.replay(outputs)
-        if k == calls - 1 and final is None:
-            self.refuse(f"asked for more than the {calls} model calls it made on a free probe run")
-        if k < calls - 1 and call is None:
-            self.refuse(f"finished after {k + 1} model calls when replayed, but made {calls} on a free probe run")
-        return final if final is not None else call.x
+    def __call__(self, x, sigma, **extra_args):
+        k = len(self.fits)
+        calls = len(self.map.call_sigmas)
+        if k >= calls or not math.isclose(sigma_value(sigma), self.map.call_sigmas[k], rel_tol=1e-5, abs_tol=1e-8):
+            self.refuse(f"made model call {k} at sigma {sigma_value(sigma):.4g}, not as on its free probe run "
+                        "(it adapts its steps)")
+        device = _accumulation_device(x.device)
+        if k == 0:
+            self.start = x.detach().clone() if self.map.needs_start else None
+        else:
+            self.check_state(_as64(x, device), f"at model call {k}")
+        denoised = working_precision(self.inner(x, sigma, **extra_args))
+        self.raw.append(denoised)
+        del self.raw[: -(self.max_terms + 1)]
+        terms = differences(self.raw, self.max_terms)
 
-    def affine_next_state(self, corrected, denoised, terms, device):
-        """``x_next(0)`` and ``v_j = x_next(e_j) - x_next(0)`` in float64, after checking that the λ = 0, 1/2, 1
-        replays are collinear (the sampler is affine in the denoised output)."""
-        def state_with(lambdas_k: torch.Tensor) -> torch.Tensor:
-            return self.next_state(corrected + [apply_correction(denoised, terms, lambdas_k)])
+        step = self.map.steps[k]
+        x_zero = step.alpha * _as64(x, device)
+        if step.gamma:
+            x_zero += step.gamma * _as64(self.start, device)
+        earlier = self.given[len(self.given) - (len(step.betas) - 1):] if len(step.betas) > 1 else []
+        for beta, output in zip(step.betas[:-1], earlier, strict=True):
+            x_zero += beta * _as64(output, device)
+        x_zero += step.own * _as64(denoised, device)
+        vs = [step.own * _as64(term, device) for term in terms]
 
-        x_zero = self.next_state(corrected + [denoised]).to(device, torch.float64)
-        unit = torch.eye(len(terms))
-        vs = [state_with(unit[j]).to(device, torch.float64) - x_zero for j in range(len(terms))]
-        if terms:
-            x_half = state_with(torch.full((len(terms),), 0.5))
-            scale = float(x_zero.norm()) + sum(float(v.norm()) for v in vs)
-            if not close_enough(x_half.to(device), x_zero + 0.5 * sum(vs), scale):
-                self.refuse(f"is not affine in the denoised output at call {len(corrected)} (the λ = 0, 1/2, 1 "
-                            "replays are not collinear)")
-        return x_zero, vs
+        fit = self.fit_count
+        target = _as64(self.targets[k], device)
+        call_fit = fit_call(x_zero[:fit], [v[:fit] for v in vs], target[:fit], self.history, self.max_terms)
+        self.fits.append(call_fit)
+        lambdas_k = call_fit.lambdas.float()
+        corrected = apply_correction(denoised, terms, lambdas_k[: len(terms)])
+        self.predicted = x_zero + sum((float(lam) * v for lam, v in zip(lambdas_k, vs, strict=False)),
+                                      torch.zeros_like(x_zero))
+        self.given.append(corrected)
+        del self.given[: -max(self.map.outputs_kept, 1)]
+        return corrected
 
-    def check_final(self, corrected, last: _CallFit) -> None:
-        """The full replay with every corrected output must end where the fit predicted."""
-        _, final = self.replay(corrected)
-        if final is None:
-            self.refuse(f"asked for more than the {len(self.call_sigmas)} model calls it made on a free probe run")
-        if not close_enough(final, last.predicted, last.predicted_scale):
-            self.refuse("did not reach the final state its replays predicted (it injects noise, keeps state "
-                        "between runs, or is not affine in the denoised output)")
+
+def distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, teacher_sampler=None, history=1,
+            holdout=None, callback=None, options=None) -> Lambdas:
+    """Fit D-ODE λ for ``sampler`` on ``sigmas`` against a ``teacher_factor``-times finer teacher run, and prove
+    them on latents the fit did not see.
+
+    model:    ``model(x, sigma, **extra_args) -> denoised`` (k-diffusion convention)
+    x:        a batch of at least 2 start latents, already at noise level ``sigmas[0]``
+    teacher_sampler: the teacher's sampler function; None: DPM-Solver++(2M) on the teacher grid
+              (teacher.sample_dpmpp_2m_teacher), chosen by measurement (see the README)
+    history:  terms per call (1 = the paper's single λ), or "auto": 1 to 3 per call, chosen on held-out latents
+    holdout:  how many latents (the last ones of ``x``) are held out of the fit to prove it; default batch // 4
+    callback: ``callback(done, total)`` after each model evaluation; raise to cancel
+    options:  extra keyword arguments for the sampler (as ComfyUI's ``extra_options``)
+
+    The held-out proof (final-state RMSE to the teacher, base sampler vs D-ODE) goes into the metadata. If D-ODE
+    is not better than the base on the held-out latents, even with its λ shrunk, NoGainError says so and no λ
+    are returned. The global random state is left as it was found.
+    """
+    with torch.no_grad(), private_rng():
+        return _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_sampler, history, holdout,
+                        callback, options)
+
+
+def _final_rmse(final: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((final.detach().to("cpu", torch.float64) - reference.to(torch.float64)).square().mean().sqrt())
+
+
+def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_sampler, history, holdout, callback,
+             options):
+    holdout = check_inputs(x, sigmas, teacher_factor, history, holdout)
+    teacher = teacher_sampler or sample_dpmpp_2m_teacher
+    extra_args = dict(extra_args or {})
+    sigmas = sigmas.to(x.device)
+    name = sampler_name(sampler)
+    batch, fit_count = x.shape[0], x.shape[0] - holdout
+
+    sampler_map = measure_sampler(model, x, sigmas, sampler, extra_args=extra_args, options=options)
+    call_sigmas = sampler_map.call_sigmas
+    if len(call_sigmas) < 2:
+        raise ValueError(f"sampler '{name}' calls the model {len(call_sigmas)} time(s) on this schedule; "
+                         "D-ODE needs at least 2 calls.")
+    check_follows_schedule(sampler_map, sigmas, name)
+    grid64, _ = teacher_sigmas(sigmas.tolist(), call_sigmas, teacher_factor)
+    grid = grid64.to(device=x.device, dtype=sigmas.dtype)
+    teacher_options = options if teacher is sampler else None
+    teacher_call_sigmas = _check_teacher(model, x, grid, teacher, extra_args, teacher_options)
+    calls = len(call_sigmas)
+    progress = _Progress(callback, len(teacher_call_sigmas) + 2 * calls)
+    checked = _CheckedModel(model, progress)
+
+    # target of call k: the state the sampler reaches next, at the sigma of call k+1 (the end, for the last)
+    checked.role = "teacher run"
+    targets = run_teacher(checked, x, grid, teacher, call_sigmas[1:] + [float(sigmas[-1])], teacher_call_sigmas,
+                          extra_args=extra_args, options=teacher_options)
+    log.info("teacher: %d model calls over %d sigmas", progress.done, len(grid))
+
+    max_terms = AUTO_MAX_HISTORY if history == "auto" else history
+    checked.role = "student run"
+    live = _LiveFit(checked, name, sampler_map, targets, fit_count, history, max_terms)
+    dode_final = sampler(live, x.clone(), sigmas, extra_args=dict(extra_args), callback=None, disable=True,
+                         **(options or {}))
+    if len(live.fits) != calls:
+        live.refuse(f"made {len(live.fits)} model calls, not the {calls} of its free probe run")
+    live.check_state(_as64(dode_final, _accumulation_device(x.device)), "at its result")
+    lambdas = torch.stack([fit.lambdas.float().cpu() for fit in live.fits])
+
+    checked.role = "base run"
+    base_final = sampler(checked, x.clone(), sigmas, extra_args=dict(extra_args), callback=None, disable=True,
+                         **(options or {}))
+    teacher_final = targets[-1]
+    held = slice(fit_count, batch)
+    rmse_base = _final_rmse(base_final[held], teacher_final[held])
+    rmse_dode = _final_rmse(dode_final[held], teacher_final[held])
+    scale, proof_runs = 1.0, 1
+    for shrink in SHRINK_CANDIDATES:
+        if rmse_dode < rmse_base:
+            break
+        log.info("D-ODE %s: held-out RMSE %.4g is not below the base's %.4g; trying λ x %g", name, rmse_dode,
+                 rmse_base, shrink)
+        progress.total += calls
+        checked.role = f"held-out check of λ x {shrink}"
+        candidate = Lambdas(lambdas * shrink, tuple(call_sigmas), {"base_sampler": name})
+        final = _run_with(checked, x, sigmas, sampler, candidate, extra_args, options)
+        rmse_candidate, proof_runs = _final_rmse(final[held], teacher_final[held]), proof_runs + 1
+        if rmse_candidate < rmse_dode:
+            rmse_dode, scale = rmse_candidate, shrink
+    if not rmse_dode < rmse_base:
+        raise NoGainError(
+            f"D-ODE did not beat the base sampler '{name}' on the {holdout} held-out latent(s) (final-state RMSE "
+            f"to the teacher: base {rmse_base:.4g}, D-ODE {rmse_dode:.4g}); no λ file was written. The base "
+            "sampler is already as close to the teacher as λ can bring it here: try more steps' worth of teacher "
+            "(teacher_factor), history=1, a larger batch, or keep the base sampler."
+        )
+    lambdas = lambdas * scale
+
+    n_fit = fit_count * x[0].numel()
+    rmse_before = [math.sqrt(max(fit.energy_before, 0.0) / n_fit) for fit in live.fits]
+    rmse_after = [math.sqrt(max(fit.energy_after, 0.0) / n_fit) for fit in live.fits]
+    log.info("distilled %s: %d calls; held-out final RMSE to the teacher: base %.4g, D-ODE %.4g (%d latents)",
+             name, calls, rmse_base, rmse_dode, holdout)
+    metadata = {
+        "base_sampler": name,
+        "steps": str(len(sigmas) - 1),
+        "schedule": json.dumps([float(s) for s in sigmas.tolist()]),
+        "schedule_source": "user",
+        "history_mode": str(history),
+        "history_per_call": json.dumps([fit.terms for fit in live.fits]),
+        "teacher_sampler": sampler_name(teacher),
+        "teacher_factor": str(teacher_factor),
+        "teacher_calls": str(len(teacher_call_sigmas)),
+        "proof_calls": str(proof_runs * calls),
+        "batch_size": str(batch),
+        "latent_shape": json.dumps(list(x.shape[1:])),
+        "model_dtype": checked.dtype,
+        "fit_rmse_before": json.dumps(rmse_before),
+        "fit_rmse_after": json.dumps(rmse_after),
+        "heldout_rmse_base": repr(rmse_base),
+        "heldout_rmse_dode": repr(rmse_dode),
+        "heldout_count": str(holdout),
+        "lambda_scale": repr(scale),
+        "plugin_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return Lambdas(lambdas=lambdas, call_sigmas=tuple(call_sigmas), metadata=metadata)
+
+
+class _Fixed(ModelProxy):
+    """Applies fixed λ call by call (the held-out check of a candidate)."""
+
+    def __init__(self, model, lam: Lambdas):
+        super().__init__(model)
+        self.lam, self.raw, self.count = lam, [], 0
+
+    def __call__(self, x, sigma, **extra_args):
+        k, self.count = self.count, self.count + 1
+        denoised = working_precision(self.inner(x, sigma, **extra_args))
+        self.raw.append(denoised)
+        del self.raw[: -(self.lam.history + 1)]
+        return apply_correction(denoised, differences(self.raw, self.lam.history), self.lam.lambdas[k])
+
+
+def _run_with(model, x, sigmas, sampler, lam: Lambdas, extra_args, options):
+    return sampler(_Fixed(model, lam), x.clone(), sigmas, extra_args=dict(extra_args), callback=None, disable=True,
+                   **(options or {}))

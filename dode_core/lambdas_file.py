@@ -117,6 +117,15 @@ class Lambdas:
         return tuple([float(v) for v in json.loads(self.metadata.get(key) or "[]")]
                      for key in ("fit_rmse_before", "fit_rmse_after"))
 
+    def heldout(self) -> tuple[float, float, int] | None:
+        """``(rmse_base, rmse_dode, count)``: the final-state RMSE to the teacher of the base sampler and of D-ODE
+        on ``count`` latents the fit did not see; None for files written before fits proved themselves."""
+        try:
+            return (float(self.metadata["heldout_rmse_base"]), float(self.metadata["heldout_rmse_dode"]),
+                    int(self.metadata["heldout_count"]))
+        except (KeyError, ValueError):
+            return None
+
     def save_new(self, folder: str | os.PathLike, stem: str, **metadata) -> str:
         """Save as ``folder/<stem>.safetensors``, or ``<stem>_2``, ``<stem>_3``, ... if taken: never overwrites.
 

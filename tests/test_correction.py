@@ -52,7 +52,7 @@ def test_make_sampler_is_a_k_diffusion_sampler_that_matches_sample(K, karras):
 
 
 @pytest.mark.parametrize("name", ["sample_euler", "sample_heun", "sample_dpmpp_2m"])
-def test_distill_costs_one_teacher_run_plus_one_student_run_and_reports_it(K, karras, name):
+def test_distill_costs_a_teacher_run_a_student_run_and_a_base_run_and_reports_it(K, karras, name):
     sampler, sigmas, factor = getattr(K, name), karras(4), 5
     gaussian = GaussianDenoiser()
     x = torch.randn(4, 2, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80.0
@@ -67,7 +67,11 @@ def test_distill_costs_one_teacher_run_plus_one_student_run_and_reports_it(K, ka
     lam = distill(counting_model, x, sigmas, sampler, teacher_factor=factor,
                   callback=lambda done, total: progress.append((done, total)))
     teacher_calls, student_calls = int(lam.metadata["teacher_calls"]), lam.calls
-    assert len(calls) == teacher_calls + student_calls
+    # the teacher calls once per grid sigma but 0: factor sub-steps per student interval, one step into 0
+    assert teacher_calls == factor * (len(set(lam.call_sigmas) | set(sigmas.tolist())) - 2) + 1
+    # the held-out proof is one base run (the D-ODE side comes with the student run); the Gaussian fit wins
+    assert lam.metadata["proof_calls"] == str(student_calls)
+    assert len(calls) == teacher_calls + 2 * student_calls
     assert progress == [(i, len(calls)) for i in range(1, len(calls) + 1)]
 
 

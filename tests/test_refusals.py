@@ -114,7 +114,7 @@ def test_bad_options_are_named(K, karras, gaussian, x_start):
         distill(gaussian, x_start, karras(4), K.sample_euler, teacher_factor=0)
     with pytest.raises(ValueError, match="history must be 1 to 8 or 'auto'; got 'all'"):
         distill(gaussian, x_start, karras(4), K.sample_euler, history="all")
-    with pytest.raises(ValueError, match="needs a batch of at least 4; got 2"):
+    with pytest.raises(ValueError, match="needs at least 4 fit latents besides the 1 held out; got a batch of 2"):
         distill(gaussian, x_start[:2], karras(4), K.sample_euler, history="auto")
     with pytest.raises(ValueError, match="x holds non-finite values"):
         distill(gaussian, x_start * float("inf"), karras(4), K.sample_euler)
