@@ -267,8 +267,8 @@ def _sampler_key(sampler):
 def schedule_key(model, x, sigmas, sampler, *, extra_args=None, options=None):
     """What the model-call sigmas of a run depend on, exactly, or None when a part cannot be keyed.
 
-    The sampler (the function object), the exact sigmas (dtype, shape and bytes), the options, the latent's
-    format (shape without the batch, which the probe does not use; dtype; device), the names of the
+    The sampler (the function object), the exact sigmas (dtype, shape and bytes), the options, what the probe
+    reads of the latent (its number of dimensions and its device: it runs on one-element latents), the names of the
     extra_args (their values, like a seed, do not move a fixed-step sampler's calls) and the model's type.
     A sampler that reads more than this from the model (ComfyUI's exp_heun_2_x0 reads its model_sampling)
     is still checked call by call in DODEDenoiser, before each call's model evaluation.
@@ -276,7 +276,7 @@ def schedule_key(model, x, sigmas, sampler, *, extra_args=None, options=None):
     try:
         sigmas_key = _tensor_key(sigmas) if isinstance(sigmas, torch.Tensor) else _freeze(list(sigmas))
         return (_sampler_key(sampler), sigmas_key, _freeze(dict(options or {})),
-                tuple(x.shape[1:]), str(x.dtype), str(x.device),
+                x.dim(), str(x.device),
                 tuple(sorted(str(key) for key in (extra_args or {}))), type(model))
     except (_Unkeyable, TypeError):
         return None

@@ -58,10 +58,15 @@ def test_the_probe_runs_once_for_a_repeated_schedule(K, karras, probes):
     gaussian = GaussianDenoiser()
     first = sample(gaussian, latent(), sigmas, K.sample_dpmpp_2m, lam, disable=True)
     assert probes.calls == 1
-    # the same schedule in a new tensor, another batch size, through make_sampler: no probe
+    # the same schedule in a new tensor, another batch size and resolution, through make_sampler: no probe
     again = sample(gaussian, latent(), sigmas.clone(), K.sample_dpmpp_2m, lam, disable=True)
     make_sampler(K.sample_dpmpp_2m, lam)(gaussian, latent(batch=5, seed=1), sigmas.clone(), disable=True)
+    sample(gaussian, torch.randn(2, 2, 8, 6) * 80.0, sigmas, K.sample_dpmpp_2m, lam, disable=True)
     assert probes.calls == 1
+    sample(gaussian, torch.randn(2, 2, 4, 4, dtype=torch.float64), sigmas, K.sample_dpmpp_2m, lam, disable=True)
+    assert probes.calls == 1  # the probe does not read the latent's dtype
+    sample(gaussian, torch.randn(2, 2, 4) * 80.0, sigmas, K.sample_dpmpp_2m, lam, disable=True)
+    assert probes.calls == 2  # it does read its number of dimensions
     assert torch.equal(again, first)  # what the cache answers is what the probe said
 
 
