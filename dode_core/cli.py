@@ -156,7 +156,16 @@ def run_inspect_command(args) -> int:
 
 def describe(path: str, lam) -> str:
     """A λ file, readable: metadata, λ per call with its sigma, the schedule."""
-    lines = [f"VALID {path}", "  metadata:"]
+    lines = [f"VALID {path}"]
+    heldout = lam.heldout()
+    if heldout is None:
+        lines.append("  held-out proof: none (a file from before fits proved themselves); its gain is unknown")
+    else:
+        base, dode, count = heldout
+        lines.append(f"  held-out proof: final-state RMSE to the teacher on {count} latent(s) the fit did not see: "
+                     f"base {base:.4g}, D-ODE {dode:.4g} ({dode / base:.2f}x)" if base > 0 else
+                     f"  held-out proof: base {base:.4g}, D-ODE {dode:.4g} on {count} latent(s)")
+    lines.append("  metadata:")
     long_fields = {"call_sigmas", "schedule", "fit_rmse_before", "fit_rmse_after", "history_per_call"}
     for key in sorted(lam.metadata):
         if key not in long_fields:

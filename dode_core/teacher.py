@@ -63,20 +63,19 @@ def sample_dpmpp_2m_teacher(model, x, sigmas, extra_args=None, callback=None, di
     """
     extra_args = extra_args or {}
     s_in = x.new_ones([x.shape[0]])
+    sigma_values = [float(s) for s in sigmas]
     previous, h_previous = None, None
     for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma * s_in, **extra_args)
+        sigma, sigma_next = sigma_values[i], sigma_values[i + 1]
+        denoised = model(x, sigmas[i] * s_in, **extra_args).to(x.dtype)  # a float16 model, a float32 state
         if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         if sigma_next == 0:
             x = denoised
             continue
-        h = torch.log(sigma / sigma_next)
-        blended = denoised
-        if previous is not None:
-            r = h_previous / h
-            blended = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * previous
-        x = (sigma_next / sigma) * x + (1 - sigma_next / sigma) * blended
+        h = math.log(sigma / sigma_next)
+        # D' = D + (D - D_prev) / (2 r) = lerp(D, D_prev, -1 / (2 r)); x_next = lerp(D', x, s_next / s)
+        blended = denoised if previous is None else torch.lerp(denoised, previous, -h / (2 * h_previous))
+        x = torch.lerp(blended, x, sigma_next / sigma)
         previous, h_previous = denoised, h
     return x

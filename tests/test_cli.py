@@ -8,10 +8,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT
 from PIL import Image
 
-from dode_core import load_lambdas
+from dode_core import distill, load_lambdas
 from dode_core.cli import main
 
 SHIPPED = sorted(glob.glob(os.path.join(ROOT, "lambdas", "*.safetensors")))
@@ -97,3 +98,17 @@ def test_inspect_rejects_a_corrupted_copy_with_the_reason(tmp_path):
     assert f"VALID {SHIPPED[0]}" in result.stdout
     assert f"INVALID {corrupted}: not a readable safetensors file" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_inspect_prints_the_held_out_proof_a_fit_recorded(tmp_path, K, karras):
+    from models import GaussianDenoiser
+
+    x = torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80.0
+    lam = distill(GaussianDenoiser(), x, karras(4), K.sample_euler, teacher_factor=4)
+    base, dode, count = lam.heldout()
+    assert count == 2 and dode < base
+    path = lam.save(tmp_path / "euler.safetensors")
+    result = run_inspect(path)
+    assert result.returncode == 0, result.stderr
+    assert (f"held-out proof: final-state RMSE to the teacher on 2 latent(s) the fit did not see: base {base:.4g}, "
+            f"D-ODE {dode:.4g} ({dode / base:.2f}x)") in result.stdout
