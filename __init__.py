@@ -1,20 +1,19 @@
-"""ComfyUI entry point of the D-ODE plugin.
+"""ComfyUI entry point of the D-ODE plugin (V3: ``comfy_entrypoint``).
 
 Importing this package outside ComfyUI must work and must not import comfy: the nodes are loaded only
-when ComfyUI itself is importable.
+when ComfyUI itself is importable. No NODE_CLASS_MAPPINGS: ComfyUI would prefer it over the V3 entry point.
 """
 
 import importlib.util
 import logging
 
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
+__all__ = []
 
 # both of ComfyUI's top-level modules: a folder named "comfy" elsewhere on sys.path is not ComfyUI
-if all(importlib.util.find_spec(name) is not None for name in ("comfy", "folder_paths")):
+if all(importlib.util.find_spec(name) is not None for name in ("comfy", "folder_paths", "comfy_api")):
     try:
-        from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+        from .nodes import comfy_entrypoint
+
+        __all__ = ["comfy_entrypoint"]
     except Exception:  # one broken plugin must not take ComfyUI down
         logging.getLogger(__name__).exception("D-ODE: the nodes failed to load")
-
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -46,7 +46,12 @@ command="${1:-}"
 shift || true
 case "$command" in
     demo)  setup; exec "$VENV/bin/python" -m dode_core demo "$@" ;;
-    test)  setup; setup_comfy_tests; "$VENV/bin/ruff" check . && exec "$VENV/bin/python" -m pytest "$@" ;;
+    test)  setup; setup_comfy_tests
+           if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+               echo "run.sh: no chromium/chromedriver: the frontend test skips" \
+                    "(sudo apt-get install chromium chromium-driver)" >&2
+           fi
+           "$VENV/bin/ruff" check . && exec "$VENV/bin/python" -m pytest "$@" ;;
     bench) setup; exec "$VENV/bin/python" bench/bench.py "$@" ;;
     *) echo "usage: bash run.sh demo|test|bench [args]" >&2; exit 2 ;;
 esac

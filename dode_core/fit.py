@@ -19,6 +19,7 @@ run on the same batch (the held-out proof).
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ from .blackbox import (
     sampler_name,
     sigma_value,
 )
-from .correction import apply_correction, differences, working_precision
+from .correction import DODEDenoiser, apply_correction, differences, working_precision
 from .lambdas_file import Lambdas, format_sigmas
 from .teacher import sample_dpmpp_2m_teacher, teacher_sigmas
 from .version import __version__
@@ -367,6 +368,39 @@ def proves_gain(base_errors: torch.Tensor, dode_errors: torch.Tensor) -> bool:
     return bool(gain.mean() > gain.std() / math.sqrt(len(gain)))
 
 
+def _held_out_rerun(checked, progress, x, sigmas, sampler, call_sigmas, extra_args, options, fit_count, lambdas):
+    """One more run of the batch with ``lambdas`` applied (a candidate of the proof); its held-out final states."""
+    progress.total += len(call_sigmas)
+    checked.role = "held-out check of shrunk λ"
+    candidate = Lambdas(lambdas, tuple(call_sigmas), {"base_sampler": sampler_name(sampler)})
+    final = sampler(DODEDenoiser(checked, candidate), x.clone(), sigmas.clone(), extra_args=dict(extra_args),
+                    callback=None, disable=True, **(options or {}))
+    return final[fit_count:]
+
+
+def _held_out_proof(name, holdout, base_errors, dode_errors, lambdas, rerun, teacher_final):
+    """The scale of λ to deliver (1, or a shrink that proves itself) with both held-out RMSEs and the number of runs
+    the proof took; NoGainError when no candidate beats the base by more than chance."""
+    scale, runs = 1.0, 1
+    for shrink in SHRINK_CANDIDATES:
+        if proves_gain(base_errors, dode_errors):
+            break
+        log.info("D-ODE %s: held-out gain not shown (RMSE base %.4g, D-ODE %.4g); trying λ x %g", name,
+                 float(base_errors.mean().sqrt()), float(dode_errors.mean().sqrt()), shrink)
+        candidate_errors, runs = _latent_errors(rerun(lambdas * shrink), teacher_final), runs + 1
+        if proves_gain(base_errors, candidate_errors) or candidate_errors.mean() < dode_errors.mean():
+            dode_errors, scale = candidate_errors, shrink
+    rmse_base, rmse_dode = float(base_errors.mean().sqrt()), float(dode_errors.mean().sqrt())
+    if not proves_gain(base_errors, dode_errors):
+        raise NoGainError(
+            f"D-ODE did not beat the base sampler '{name}' on the {holdout} held-out latent(s) by more than chance "
+            f"(final-state RMSE to the teacher: base {rmse_base:.4g}, D-ODE {rmse_dode:.4g}); no λ file was "
+            "written. Here the base sampler is already about as close to the teacher as λ can bring it: try "
+            "history=1, a larger batch (more held-out latents make the proof sharper), or keep the base sampler."
+        )
+    return scale, rmse_base, rmse_dode, runs
+
+
 def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_sampler, history, holdout, callback,
              options):
     holdout = check_inputs(x, sigmas, teacher_factor, history, holdout)
@@ -388,6 +422,7 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
     teacher_call_sigmas = _check_teacher(model, x, grid, teacher, extra_args, teacher_options)
     calls = len(call_sigmas)
     progress = _Progress(callback, len(teacher_call_sigmas) + 2 * calls)
+    progress.report()  # (0, total): the host learns the cost, and may cancel, before the first model call
     checked = _CheckedModel(model, progress)
 
     # target of call k: the state the sampler reaches next, at the sigma of call k+1 (the end, for the last)
@@ -410,29 +445,11 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
     base_final = sampler(checked, x.clone(), sigmas.clone(), extra_args=dict(extra_args), callback=None, disable=True,
                          **(options or {}))
     teacher_final = targets[-1][fit_count:]
-    base_errors = _latent_errors(base_final[fit_count:], teacher_final)
-    dode_errors = _latent_errors(dode_final[fit_count:], teacher_final)
-    scale, proof_runs = 1.0, 1
-    for shrink in SHRINK_CANDIDATES:
-        if proves_gain(base_errors, dode_errors):
-            break
-        log.info("D-ODE %s: held-out gain not shown (RMSE base %.4g, D-ODE %.4g); trying λ x %g", name,
-                 float(base_errors.mean().sqrt()), float(dode_errors.mean().sqrt()), shrink)
-        progress.total += calls
-        checked.role = f"held-out check of λ x {shrink}"
-        candidate = Lambdas(lambdas * shrink, tuple(call_sigmas), {"base_sampler": name})
-        final = _run_with(checked, x, sigmas, sampler, candidate, extra_args, options)
-        candidate_errors, proof_runs = _latent_errors(final[fit_count:], teacher_final), proof_runs + 1
-        if proves_gain(base_errors, candidate_errors) or candidate_errors.mean() < dode_errors.mean():
-            dode_errors, scale = candidate_errors, shrink
-    rmse_base, rmse_dode = float(base_errors.mean().sqrt()), float(dode_errors.mean().sqrt())
-    if not proves_gain(base_errors, dode_errors):
-        raise NoGainError(
-            f"D-ODE did not beat the base sampler '{name}' on the {holdout} held-out latent(s) by more than chance "
-            f"(final-state RMSE to the teacher: base {rmse_base:.4g}, D-ODE {rmse_dode:.4g}); no λ file was "
-            "written. Here the base sampler is already about as close to the teacher as λ can bring it: try "
-            "history=1, a larger batch (more held-out latents make the proof sharper), or keep the base sampler."
-        )
+    rerun = functools.partial(_held_out_rerun, checked, progress, x, sigmas, sampler, call_sigmas, extra_args, options,
+                              fit_count)
+    scale, rmse_base, rmse_dode, proof_runs = _held_out_proof(
+        name, holdout, _latent_errors(base_final[fit_count:], teacher_final),
+        _latent_errors(dode_final[fit_count:], teacher_final), lambdas, rerun, teacher_final)
     lambdas = lambdas * scale
 
     n_fit = fit_count * x[0].numel()
@@ -450,7 +467,7 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
         "teacher_sampler": sampler_name(teacher),
         "teacher_factor": str(teacher_factor),
         "teacher_calls": str(len(teacher_call_sigmas)),
-        "proof_calls": str(proof_runs * calls),
+        "proof_calls": str(proof_runs * len(call_sigmas)),
         "batch_size": str(batch),
         "latent_shape": json.dumps(list(x.shape[1:])),
         "model_dtype": checked.dtype,
@@ -464,23 +481,3 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     return Lambdas(lambdas=lambdas, call_sigmas=tuple(call_sigmas), metadata=metadata)
-
-
-class _Fixed(ModelProxy):
-    """Applies fixed λ call by call (the held-out check of a candidate)."""
-
-    def __init__(self, model, lam: Lambdas):
-        super().__init__(model)
-        self.lam, self.raw, self.count = lam, [], 0
-
-    def __call__(self, x, sigma, **extra_args):
-        k, self.count = self.count, self.count + 1
-        denoised = working_precision(self.inner(x, sigma, **extra_args))
-        self.raw.append(denoised)
-        del self.raw[: -(self.lam.history + 1)]
-        return apply_correction(denoised, differences(self.raw, self.lam.history), self.lam.lambdas[k])
-
-
-def _run_with(model, x, sigmas, sampler, lam: Lambdas, extra_args, options):
-    return sampler(_Fixed(model, lam), x.clone(), sigmas.clone(), extra_args=dict(extra_args), callback=None,
-                   disable=True, **(options or {}))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from dode_core import Lambdas, distill
 from dode_core.blackbox import sampler_name
 from dode_core.lambdas_file import REQUIRED_FIELDS
+from dode_core.naming import lambda_file_stem
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,7 @@ def _slug(text, fallback: str) -> str:
 
 def build_file_stem(model: str, base_sampler: str, steps: int, scheduler: str, cfg, history) -> str:
     """``<model>_<sampler>_<steps>steps_<scheduler>[_cfg<cfg>]_h<history>`` (lambdas/README.md naming)."""
-    parts = [_slug(model, "model"), base_sampler, f"{steps}steps", _slug(scheduler, "automatic").lower()]
-    if cfg is not None:
-        parts.append("cfg" + f"{float(cfg):g}".replace(".", "p"))
-    parts.append(f"h{history}")
-    return "_".join(parts)
+    return lambda_file_stem(model, base_sampler, steps, scheduler, cfg, history)
 
 
 def file_metadata(request: DistillRequest, reserved=()) -> dict[str, str]:

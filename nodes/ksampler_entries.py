@@ -2,7 +2,8 @@
 
 Off by default: it mutates ComfyUI's global sampler lists, which other packs snapshot (COMBO links then break
 with "Return type mismatch"), and the plain KSampler cannot say which λ file to use; these entries pick the
-newest file in models/dode_lambdas whose base sampler and model-call sigmas match the run.
+newest file in models/dode_lambdas whose base sampler and model-call sigmas match the run. The entries are the
+samplers the nodes offer (nodes/samplers.py: ComfyUI's own list filtered by dode_core), never a hand-kept list.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import os
 
 log = logging.getLogger(__name__)
 ENV = "DODE_KSAMPLER_ENTRIES"
-ENTRY_SAMPLERS = ("euler", "heun", "dpmpp_2m", "lms", "dpm_2", "ipndm", "deis")
 
 
 def enabled() -> bool:
@@ -20,17 +20,18 @@ def enabled() -> bool:
 
 
 def _auto_function(base_name: str):
-    import comfy.k_diffusion.sampling
     import folder_paths
 
+    from . import samplers
     from ._core import dode_core
     from .folder import FOLDER
 
-    base = getattr(comfy.k_diffusion.sampling, "sample_" + base_name)
+    base = samplers.host_sampler(base_name).sampler_function
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
         call_sigmas, _ = dode_core.probe_call_sigmas(model, x, sigmas, base, extra_args=extra_args, options=options)
-        paths = [folder_paths.get_full_path(FOLDER, name) for name in folder_paths.get_filename_list(FOLDER)]
+        paths = [path for path in (folder_paths.get_full_path(FOLDER, name)
+                                   for name in folder_paths.get_filename_list(FOLDER)) if path]
         try:
             path, lam = dode_core.newest_matching(paths, base_name, call_sigmas)
         except dode_core.ScheduleMismatchError as error:
@@ -51,10 +52,10 @@ def install_if_enabled() -> list[str]:
     import comfy.k_diffusion.sampling
     import comfy.samplers
 
+    from .samplers import supported_samplers
+
     added = []
-    for base_name in ENTRY_SAMPLERS:
-        if not hasattr(comfy.k_diffusion.sampling, "sample_" + base_name):
-            continue
+    for base_name in supported_samplers():
         name = "dode_" + base_name
         if not hasattr(comfy.k_diffusion.sampling, "sample_" + name):
             setattr(comfy.k_diffusion.sampling, "sample_" + name, _auto_function(base_name))

@@ -1,180 +1,249 @@
-"""DODEDistill and DODESampler: ComfyUI objects in, dode_core calls, ComfyUI objects out."""
+"""The D-ODE nodes on ComfyUI's V3 schema: ComfyUI objects in, dode_core calls, ComfyUI objects out.
+
+    Distill λ (D-ODE)            DODEDistillGuider  NOISE + GUIDER + SIGMAS + LATENT, as SamplerCustomAdvanced
+    Distill λ (D-ODE, CFG)       DODEDistill        the simple preset: MODEL + positive/negative + cfg (the 0.1 node)
+    D-ODE Sampler                DODESampler        a λ file -> SAMPLER (+ the file's SIGMAS)
+
+The API version is pinned (``comfy_api.v0_0_2``, the newest versioned API ComfyUI 0.3.75 ships; ``latest`` moves).
+"""
 
 from __future__ import annotations
 
-import hashlib
+import inspect
+import json
 import logging
+import math
 import os
 
-import comfy.k_diffusion.sampling
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import comfy.utils
-import folder_paths
 import torch
+from comfy_api.v0_0_2 import io, ui
 
+from . import identity, samplers
 from ._core import dode_core
-from .folder import FOLDER, save_folder
+from .folder import CONTENT_KEY, full_path, listing_state, ordered_files, save_folder
+from .folder import find_by_content_key as find_reusable
 from .plot import plot_fit
 
 log = logging.getLogger(__name__)
-LambdaFileError = dode_core.LambdaFileError
-ScheduleMismatchError = dode_core.ScheduleMismatchError
-load_lambdas = dode_core.load_lambdas
-
-# Deterministic ODE samplers of ComfyUI whose output is affine in the denoised outputs. Never an ancestral or
-# SDE one (dode_core refuses them anyway); names missing from this ComfyUI are left out of the dropdown.
-BASE_SAMPLERS = ("euler", "heun", "dpmpp_2m", "ipndm", "ipndm_v", "deis", "lms", "dpm_2", "res_multistep",
-                 "gradient_estimation")
+CATEGORY = "sampling/custom_sampling/samplers"
 HISTORY_CHOICES = ("1", "2", "3", "auto")
+AUTO_FILE = "auto (newest matching)"
+MAX_TEACHER_GRID = 4000  # steps x teacher_factor: each grid point is one teacher call and a kept state
+MAX_FIT_VALUES = 1 << 24  # batch x latent values (16.8M: batch 16 of a 16x128x128 Flux latent is 4.2M)
+FIT_SEED = 0  # the noise seed of a distill without a NOISE input: the same inputs give the same file
+
+TIPS = {
+    "noise": "Optional. The fit batch's start noise (RandomNoise). Unconnected: a fixed seed (0). The seed does not "
+             "make a new file: re-queuing with the same guider, sigmas, latent and settings reuses the file.",
+    "guider": "What you sample with: CFGGuider, BasicGuider (+ FluxGuidance), DualCFGGuider, PerpNegGuider or any "
+              "other GUIDER. The fit follows it exactly.",
+    "sigmas": "The schedule to distill for (BasicScheduler, KarrasScheduler, AYS, ...). Sample with the same "
+              "SIGMAS, or with this node's sigmas output.",
+    "latent_image": "The fit batch: its batch size is how many latents λ are fitted on (4 to 16 is reasonable; "
+                    "history 'auto' needs at least 4). Empty latent: text-to-image; a VAE-encoded one: img2img.",
+    "sampler_name": "The base sampler D-ODE corrects: the deterministic ODE samplers of this ComfyUI (ancestral, "
+                    "SDE and adaptive ones cannot be distilled and are not listed).",
+    "teacher_sampler": "The sampler of the fine teacher run the λ are fitted against. 'auto': D-ODE's measured "
+                       "default, DPM-Solver++(2M) on the fine grid (more accurate than the student and cheap).",
+    "teacher_factor": "Teacher sub-steps per student interval (for Heun, DPM-2 and other two-call samplers: per call "
+                      "interval, not per step). A fit costs about steps x factor teacher calls plus one student run, "
+                      "each x batch x CFG passes.",
+    "history": "Past differences per call: 1 is the paper's single λ; 2 and 3 fit more terms; 'auto' picks 1-3 per "
+               "call on held-out latents (needs a batch of at least 4).",
+    "fit_schedule": "Also choose the step sigmas from the teacher run (GITS-style); the sigmas output then carries "
+                    "them and the file is self-contained. Off: λ for the SIGMAS given.",
+    "filename": "File name in models/dode_lambdas. Empty: <checkpoint>_<sampler>_<steps>steps_<scheduler>_cfg<cfg>_"
+                "h<history>. A taken name gets _2, _3, ...: nothing is overwritten.",
+    "model": "The model to distill for (as for SamplerCustom).",
+    "positive": "Positive conditioning, as for SamplerCustom.",
+    "negative": "Negative conditioning, as for SamplerCustom.",
+    "cfg": "Classifier-free guidance scale: use the same value in the sampler node.",
+    "seed": "Noise seed of the fit batch (0 for a new node). It does not make a new file: re-queuing with the same "
+            "model, prompts, cfg, sigmas and settings reuses the file even when the seed was randomized.",
+    "batch_size": "How many latents λ are fitted on (4 to 16 is reasonable; history 'auto' needs at least 4).",
+    "width": "Image width in pixels (the latent is width/8); ignored when a latent is connected.",
+    "height": "Image height in pixels (the latent is height/8); ignored when a latent is connected.",
+    "latent": "Optional: take the fit batch's size and channels from this latent instead of width/height.",
+}
+OUT_TIPS = {
+    "sampler": "The base sampler with the fitted λ: connect to SamplerCustom / SamplerCustomAdvanced.",
+    "sigmas": "The schedule the λ belong to (the fitted one with fit_schedule); sample with it.",
+    "lambda_file": "The λ file's name in models/dode_lambdas.",
+    "plot": "λ per model call and the fit error per call, before and after, with the held-out figures.",
+    "info": "What the file is, its held-out figures and any warning, as text (connect to Preview Any).",
+}
 
 
-def available_samplers() -> list[str]:
-    return [name for name in BASE_SAMPLERS if hasattr(comfy.k_diffusion.sampling, "sample_" + name)]
+# --- checks that fail before the first model call ------------------------------------------------------------
+def check_sigmas(sigmas) -> torch.Tensor:
+    if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1:
+        raise ValueError("SIGMAS must be a 1-D list of sigmas from a scheduler node.")
+    if sigmas.numel() < 2:
+        raise ValueError("SIGMAS is empty: the scheduler gave no step (BasicScheduler with denoise 0?). "
+                         "D-ODE needs at least 2 steps: raise denoise or steps.")
+    if not torch.isfinite(sigmas).all():
+        raise ValueError(f"SIGMAS holds non-finite values ({sigmas.tolist()}); check the scheduler node.")
+    return sigmas.detach().to("cpu", torch.float32)
 
 
-def base_function(name: str):
-    if name not in BASE_SAMPLERS:
-        raise ValueError(f"'{name}' is not a sampler D-ODE can use; choose one of {', '.join(available_samplers())}.")
-    fn = getattr(comfy.k_diffusion.sampling, "sample_" + name, None)
-    if fn is None:
-        raise ValueError(f"this ComfyUI has no sampler '{name}'.")
-    return fn
+def check_cost(steps: int, teacher_factor: int, shape) -> None:
+    if steps * teacher_factor > MAX_TEACHER_GRID:
+        raise ValueError(f"steps x teacher_factor = {steps} x {teacher_factor} = {steps * teacher_factor} teacher "
+                         f"sub-steps; at most {MAX_TEACHER_GRID}. Lower teacher_factor to "
+                         f"{max(1, MAX_TEACHER_GRID // max(steps, 1))} or fewer.")
+    values = math.prod(int(s) for s in shape)
+    if values > MAX_FIT_VALUES:
+        per_latent = max(1, values // max(int(shape[0]), 1))
+        raise ValueError(f"the fit batch is {int(shape[0])} latents of {list(shape[1:])} = {values} values; at most "
+                         f"{MAX_FIT_VALUES}. Use a batch of at most {max(1, MAX_FIT_VALUES // per_latent)} or a "
+                         "smaller latent.")
 
 
-def model_fingerprint(model) -> str:
-    """sha256 (16 hex) over the weights' names, shapes, dtypes and a strided sample of their values, plus the
-    patches (LoRAs) applied; cheap on multi-GB checkpoints, different for different weights in practice."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.model.state_dict().items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        flat = tensor.detach().reshape(-1)
-        if flat.numel():
-            sample = flat[:: max(1, flat.numel() // 4096)][:4096]
-            digest.update(sample.to("cpu", torch.float32).numpy().tobytes())
-    for key in sorted(getattr(model, "patches", {}) or {}):
-        strengths = [(p[0], p[2]) for p in model.patches[key]]
-        digest.update(f"patch:{key}:{strengths}".encode())
-    return digest.hexdigest()[:16]
+def parse_history(history: str):
+    return "auto" if history == "auto" else int(history)
 
 
-def prompt_texts(prompt, unique_id, input_name: str) -> str:
-    """The text of the first text-encode node upstream of ``input_name`` in the API prompt, where available."""
-    try:
-        link = prompt[str(unique_id)]["inputs"][input_name]
-        seen = set()
-        frontier = [link]
-        while frontier:
-            link = frontier.pop(0)
-            if not isinstance(link, list) or link[0] in seen:
-                continue
-            seen.add(link[0])
-            inputs = prompt[link[0]]["inputs"]
-            for key in ("text", "text_g", "t5xxl", "clip_l"):
-                if isinstance(inputs.get(key), str):
-                    return inputs[key]
-            frontier.extend(v for v in inputs.values() if isinstance(v, list) and len(v) == 2)
-    except (KeyError, TypeError, IndexError):
-        pass
-    return ""
+def heldout_line(lam) -> str | None:
+    heldout = getattr(lam, "heldout", None)
+    figures = heldout() if callable(heldout) else None
+    if not figures:
+        return None
+    base, dode, count = figures
+    ratio = f" ({dode / base:.2f}x)" if base > 0 else ""
+    return f"held-out RMSE to the teacher on {count} latents: base {base:.4g} -> D-ODE {dode:.4g}{ratio}"
 
 
-class _Cancelled(Exception):
-    pass
+def describe_lines(name: str, lam, note: str = "") -> list[str]:
+    """The text the nodes show: the file, what it was fitted for, its held-out figures."""
+    schedule = "fitted schedule" if lam.schedule_fitted else f"scheduler {lam.metadata.get('scheduler', '?')}"
+    lines = [f"lambda file: {name}{note}",
+             f"{lam.metadata.get('comfy_sampler', lam.base_sampler)}, {lam.metadata.get('steps', '?')} steps, "
+             f"{lam.calls} model calls, {schedule}, history {lam.metadata.get('history_mode', lam.history)}; "
+             f"teacher {lam.metadata.get('teacher_sampler', '?')} x{lam.metadata.get('teacher_factor', '?')} "
+             f"({lam.metadata.get('teacher_calls', '?')} calls)"]
+    held = heldout_line(lam)
+    if held:
+        lines.append(held)
+    return lines
 
 
-class DODEDistill:
-    """Runs the teacher and the student through a CFGGuider with the user's conditioning, fits λ with
-    dode_core, saves them to models/dode_lambdas and returns a ready SAMPLER."""
+# --- the fit --------------------------------------------------------------------------------------------------
+def _distill_kwargs(teacher, fit_schedule: bool) -> dict:
+    kwargs = {"teacher_sampler": teacher}
+    if fit_schedule:
+        if "fit_schedule" not in inspect.signature(dode_core.distill).parameters:
+            raise ValueError("fit_schedule needs a newer dode_core (issue 9); switch it off.")
+        kwargs["fit_schedule"] = True
+    return kwargs
 
-    CATEGORY = "sampling/custom_sampling/samplers"
-    RETURN_TYPES = ("SAMPLER", "STRING", "IMAGE")
-    RETURN_NAMES = ("sampler", "lambda_file", "plot")
-    FUNCTION = "distill"
-    OUTPUT_NODE = True
-    DESCRIPTION = ("Fits one D-ODE λ per model call of the base sampler on these sigmas against a finer teacher run "
-                   "of the same model and conditioning, saves them in models/dode_lambdas and outputs the sampler.")
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL",),
-                "positive": ("CONDITIONING",),
-                "negative": ("CONDITIONING",),
-                "sigmas": ("SIGMAS", {"tooltip": "The schedule to distill for (any scheduler node)."}),
-                "sampler_name": (available_samplers(), {"default": "euler"}),
-                "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
-                "batch_size": ("INT", {"default": 8, "min": 1, "max": 256,
-                                       "tooltip": "Noise latents the λ are fitted on (4 to 16 is reasonable)."}),
-                "width": ("INT", {"default": 512, "min": 16, "max": 16384, "step": 8}),
-                "height": ("INT", {"default": 512, "min": 16, "max": 16384, "step": 8}),
-                "teacher_factor": ("INT", {"default": 10, "min": 1, "max": 100,
-                                           "tooltip": "Teacher sub-steps per student step."}),
-                "history": (list(HISTORY_CHOICES), {"default": "1"}),
-                "filename": ("STRING", {"default": "", "tooltip": "File name in models/dode_lambdas (empty: "
-                                        "automatic); a taken name gets a counter, never an overwrite."}),
-            },
-            "optional": {"latent": ("LATENT", {"tooltip": "Take width, height and channels from this latent."})},
-            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
-        }
+def run_fit(guider, noise, latent_samples, sigmas, host, teacher, teacher_factor: int, history, fit_schedule: bool,
+            seed: int, denoise_mask=None):
+    """One teacher run and one student run through ``guider`` (ComfyUI's own model loading, conds, hooks and
+    wrappers); returns the fitted Lambdas. The progress bar counts every model call; Cancel stops the fit."""
+    result, bar = {}, {}
 
-    def distill(self, model, positive, negative, sigmas, sampler_name, cfg, seed, batch_size, width, height,
-                teacher_factor, history, filename, latent=None, prompt=None, unique_id=None):
-        base = base_function(sampler_name)
-        history_arg = history if history == "auto" else int(history)
-        if latent is not None:
-            shape = list(latent["samples"].shape[1:])
-        else:
-            shape = [4, height // 8, width // 8]
-        empty = comfy.sample.fix_empty_latent_channels(model, torch.zeros([batch_size] + shape))
-        noise = comfy.sample.prepare_noise(empty, seed)
-        sigmas = sigmas.detach().cpu().float()
-
-        guider = comfy.samplers.CFGGuider(model)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(cfg)
-
-        result = {}
-        bar = {}
-
-        def progress(done, total):
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            if "bar" not in bar:
-                bar["bar"] = comfy.utils.ProgressBar(total)
-            bar["bar"].update_absolute(done, total)
-
-        def fit(model_k, x, sigmas_k, extra_args=None, callback=None, disable=None):
-            result["lambdas"] = dode_core.distill(model_k, x, sigmas_k, base, extra_args=extra_args,
-                                                  teacher_factor=teacher_factor, history=history_arg,
-                                                  callback=progress)
-            return x
-
-        guider.sample(noise, empty, comfy.samplers.KSAMPLER(fit), sigmas, disable_pbar=True, seed=seed)
-        lam = result["lambdas"]
+    def progress(done, total):
         comfy.model_management.throw_exception_if_processing_interrupted()
+        if "bar" not in bar:
+            bar["bar"] = comfy.utils.ProgressBar(total)
+        bar["bar"].update_absolute(done, total)
 
-        inner = model.model
-        metadata = {
-            "model": type(inner).__name__,
-            "prediction": getattr(inner.model_type, "name", str(inner.model_type)),
-            "model_sampling": type(model.get_model_object("model_sampling")).__mro__[1].__name__,
-            "model_fingerprint": model_fingerprint(model),
-            "cfg": float(cfg),
-            "seed": int(seed),
-            "prompt": prompt_texts(prompt, unique_id, "positive"),
-            "negative_prompt": prompt_texts(prompt, unique_id, "negative"),
-            "host": "ComfyUI " + _comfy_version(),
-        }
-        stem = dode_core.lambdas_file.file_stem(filename, f"{metadata['model']}_{sampler_name}_"
-                                                          f"{len(sigmas) - 1}steps_h{history}")
-        path = lam.save_new(save_folder(), stem, **metadata)
-        name = os.path.basename(path)
-        log.info("D-ODE: saved λ for %s (%d calls) to %s", sampler_name, lam.calls, path)
-        sampler = comfy.samplers.KSAMPLER(_dode_function(base, lam, name))
-        return {"ui": {"lambda_file": [name]}, "result": (sampler, name, plot_fit(lam))}
+    def fit(model_k, x, sigmas_k, extra_args=None, callback=None, disable=None, **options):
+        result["lambdas"] = dode_core.distill(model_k, x, sigmas_k, host.sampler_function, extra_args=extra_args,
+                                              teacher_factor=teacher_factor, history=history, callback=progress,
+                                              options=options, **_distill_kwargs(teacher, fit_schedule))
+        return x
+
+    fit_sampler = comfy.samplers.KSAMPLER(fit, extra_options=dict(host.extra_options or {}),
+                                          inpaint_options=dict(host.inpaint_options or {}))
+    guider.sample(noise, latent_samples, fit_sampler, sigmas, denoise_mask=denoise_mask, disable_pbar=True, seed=seed)
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    return result["lambdas"]
+
+
+def distill_node(cls, *, guider, noise, sigmas, latent, sampler_name, teacher_sampler, teacher_factor, history,
+                 fit_schedule, filename, names) -> io.NodeOutput:
+    """What both distill nodes do once they hold a guider, a noise source and a latent dict.
+
+    names: {"checkpoint", "scheduler", "prompt", "negative_prompt"} traced from the prompt (may be None/empty).
+    """
+    sigmas = check_sigmas(sigmas)
+    host = samplers.resolve(sampler_name)
+    teacher = None if teacher_sampler == samplers.AUTO else samplers.resolve(teacher_sampler).sampler_function
+    history_arg = parse_history(history)
+    patcher = guider.model_patcher
+    scales = identity.guidance(guider)
+    identity.check_guidance(scales)
+    samples = comfy.sample.fix_empty_latent_channels(patcher, latent["samples"])
+    mask = latent.get("noise_mask")  # inpainting: the fit follows the masked sampling, as SamplerCustomAdvanced does
+    check_cost(len(sigmas) - 1, teacher_factor, samples.shape)
+    seed = int(getattr(noise, "seed", FIT_SEED) or 0) if noise is not None else FIT_SEED
+
+    fingerprint = identity.model_fingerprint(patcher)
+    key = identity.content_key(
+        model=fingerprint, guider=identity.guider_fingerprint(guider), sigmas=[float(s) for s in sigmas],
+        sampler=sampler_name, teacher=teacher_sampler, teacher_factor=int(teacher_factor), history=str(history),
+        fit_schedule=bool(fit_schedule), latent=list(samples.shape), latent_content=identity.latent_digest(samples),
+        mask=identity.latent_digest(mask) if mask is not None else None,
+        # not the noise seed: λ do not depend on which noise they were fitted on, and a randomized seed widget
+        # must not refit on every queue
+        options=repr(sorted((host.extra_options or {}).items())), filename=filename.strip())
+    found = find_reusable(key)
+    if found is not None:
+        name, path, lam = found
+        log.info("D-ODE: unchanged inputs, reusing %s (no new fit)", path)
+        return _distill_output(cls, name, lam, sigmas, host, reused=True)
+
+    noise_tensor = noise.generate_noise({**latent, "samples": samples}) if noise is not None else \
+        comfy.sample.prepare_noise(samples, FIT_SEED)
+    lam = run_fit(guider, noise_tensor, samples, sigmas, host, teacher, int(teacher_factor), history_arg,
+                  bool(fit_schedule), seed, denoise_mask=mask)
+
+    inner = patcher.model
+    cfg = scales.get("cfg")
+    metadata = {
+        "model": type(inner).__name__,
+        "checkpoint": names.get("checkpoint") or "",
+        "prediction": getattr(inner.model_type, "name", str(inner.model_type)),
+        "model_sampling": type(patcher.get_model_object("model_sampling")).__mro__[1].__name__,
+        "model_fingerprint": fingerprint,
+        "guider": type(guider).__name__,
+        "guidance": json.dumps(scales, sort_keys=True),
+        "comfy_sampler": sampler_name,
+        "scheduler": "fitted" if lam.schedule_fitted else (names.get("scheduler") or "custom"),
+        "seed": seed,
+        "prompt": (names.get("prompt") or "")[:4000],
+        "negative_prompt": (names.get("negative_prompt") or "")[:4000],
+        "host": "ComfyUI " + _comfy_version(),
+        CONTENT_KEY: key,
+    }
+    if cfg is not None:
+        metadata["cfg"] = cfg
+    stem = filename.strip() or dode_core.naming.lambda_file_stem(
+        names.get("checkpoint") or fingerprint[:8], sampler_name, len(sigmas) - 1, names.get("scheduler") or "custom",
+        cfg, history, schedule_fitted=lam.schedule_fitted)
+    path = lam.save_new(save_folder(), stem, **metadata)
+    name = os.path.basename(path)
+    log.info("D-ODE: saved λ for %s (%d calls) to %s", sampler_name, lam.calls, path)
+    return _distill_output(cls, name, dode_core.load_lambdas(path), sigmas, host, reused=False)
+
+
+def _distill_output(cls, name: str, lam, sigmas, host, reused: bool) -> io.NodeOutput:
+    lines = describe_lines(name, lam, "  (reused: same inputs, no new fit)" if reused else "  (new fit)")
+    for line in lines:
+        log.info("D-ODE: %s", line)
+    plot = plot_fit(lam, lines)
+    out_sigmas = lam.schedule.float() if lam.schedule_fitted and lam.schedule is not None else sigmas
+    sampler = dode_sampler(host, lam, name)
+    images = ui.PreviewImage(plot, cls=cls).as_dict()
+    text = "\n".join(lines)
+    return io.NodeOutput(sampler, out_sigmas, name, plot, text,
+                         ui={**images, "text": [text], "lambda_file": [name]})
 
 
 def _comfy_version() -> str:
@@ -186,48 +255,340 @@ def _comfy_version() -> str:
         return "unknown"
 
 
-def _dode_function(base, lam, name: str):
-    """The base sampler with ``lam`` applied; a schedule that does not match the file fails with both schedules."""
-    inner = dode_core.make_sampler(base, lam)
+# --- sampling with a file -------------------------------------------------------------------------------------
+def mismatch_warnings(lam, guider_like) -> list[str]:
+    """Warnings when ``lam`` is used with another model (fingerprint) or other guidance than it was fitted with.
+    ``guider_like`` is a guider (CFGGuider and kin) or None (nothing to compare)."""
+    if guider_like is None or not hasattr(guider_like, "model_patcher"):
+        return []
+    warnings = []
+    fitted = lam.metadata.get("model_fingerprint")
+    if fitted:
+        now = identity.model_fingerprint(guider_like.model_patcher)
+        if now != fitted:
+            warnings.append(f"! model fingerprint {now} differs from the one the λ file was fitted with ({fitted}): "
+                            "λ from another model may make images worse; distill for this model.")
+    try:
+        fitted_scales = json.loads(lam.metadata.get("guidance") or "null")
+    except ValueError:
+        fitted_scales = None
+    if fitted_scales is None and lam.metadata.get("cfg"):
+        try:
+            fitted_scales = {"cfg": float(lam.metadata["cfg"])}
+        except ValueError:
+            fitted_scales = None
+    if isinstance(fitted_scales, dict):
+        scales = identity.guidance(guider_like)
+        differing = [f"{k} {scales[k]:g} (fitted with {float(v):g})" for k, v in sorted(fitted_scales.items())
+                     if k in scales and isinstance(v, (int, float)) and not math.isclose(scales[k], float(v),
+                                                                                          rel_tol=1e-3)]
+        if differing:
+            warnings.append("! guidance differs from the fit: " + ", ".join(differing) +
+                            ": λ fitted for one guidance may make images worse at another; distill for it.")
+    return warnings
+
+
+def dode_sampler(host, lam, name: str, lookup=None):
+    """A KSAMPLER running ComfyUI's own sampler ``host`` with ``lam``. With ``lookup(model, x, sigmas, extra_args)
+    -> (name, lam, host)`` (the "auto" choice) the file, and with it the base sampler, is picked at sampling time."""
 
     def sample_dode(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+        file_name, file_lam, file_host = name, lam, host
+        if lookup is not None:
+            file_name, file_lam, file_host = lookup(model, x, sigmas, extra_args)
+            options = {**dict(file_host.extra_options or {}), **options}
+        for warning in mismatch_warnings(file_lam, getattr(model, "inner_model", None)):
+            log.warning("D-ODE Sampler: %s: %s", file_name, warning.lstrip("! "))
+        inner = dode_core.make_sampler(file_host.sampler_function, file_lam)
         try:
             return inner(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **options)
-        except ScheduleMismatchError as error:
-            raise ScheduleMismatchError(f"D-ODE Sampler: λ file '{name}': {error}") from None
+        except dode_core.ScheduleMismatchError as error:
+            raise dode_core.ScheduleMismatchError(f"D-ODE Sampler: λ file '{file_name}': {error}") from None
 
-    sample_dode.__name__ = inner.__name__
-    return sample_dode
+    sample_dode.__name__ = "sample_dode_" + (lam.base_sampler if lam is not None else "auto")
+    if lookup is not None:
+        return comfy.samplers.KSAMPLER(sample_dode)
+    return comfy.samplers.KSAMPLER(sample_dode, extra_options=dict(host.extra_options or {}),
+                                   inpaint_options=dict(host.inpaint_options or {}))
 
 
-class DODESampler:
-    """A SAMPLER for SamplerCustom / SamplerCustomAdvanced from a λ file in models/dode_lambdas."""
+def file_host_sampler(name: str, lam):
+    """ComfyUI's sampler for a file: its ``comfy_sampler`` (ComfyUI files) or ``base_sampler`` name."""
+    for candidate in (lam.metadata.get("comfy_sampler"), lam.base_sampler):
+        if candidate and samplers.refusal(candidate) is None:
+            return samplers.host_sampler(candidate)
+    raise dode_core.LambdaFileError(f"{name}: base sampler '{lam.base_sampler}' is not one D-ODE can use in this "
+                                    f"ComfyUI (supported: {', '.join(samplers.supported_samplers())}).")
 
-    CATEGORY = "sampling/custom_sampling/samplers"
-    RETURN_TYPES = ("SAMPLER",)
-    FUNCTION = "get_sampler"
-    DESCRIPTION = ("The λ file's base sampler with its D-ODE correction. Use it with the scheduler, steps and "
-                   "denoise the file was distilled for; another schedule is refused with both schedules shown.")
+
+def auto_lookup(model, x, sigmas, extra_args):
+    """The newest file (user files first, demo files last) whose base sampler and model-call sigmas match this
+    run: what "auto" means at sampling time."""
+    entries, lines = [], []
+    for name, path in ordered_files():
+        try:
+            lam = dode_core.load_lambdas(path)
+            host = file_host_sampler(name, lam)
+        except Exception as error:  # one bad file must not break "auto"  # noqa: BLE001
+            lines.append(f"  {name}: not usable ({error})")
+            continue
+        entries.append((name, lam, host))
+    probed = {}
+    for name, lam, host in entries:
+        function = host.sampler_function
+        if function not in probed:
+            probed[function] = dode_core.probe_call_sigmas(model, x, sigmas, function, extra_args=extra_args,
+                                                           options=dict(host.extra_options or {}))[0]
+        if lam.matches(probed[function]):
+            log.info("D-ODE Sampler: auto picked %s", name)
+            return name, lam, host
+        lines.append(f"  {name}: {lam.describe()}")
+    listing = "\n".join(lines) or "  (no λ files)"
+    raise dode_core.ScheduleMismatchError(
+        f"D-ODE Sampler (auto): no λ file fits this run ({len(sigmas) - 1} steps, sigmas "
+        f"{dode_core.lambdas_file.format_sigmas(sigmas.tolist())}).\nFiles:\n{listing}\n"
+        "Distill λ for this schedule with 'Distill λ (D-ODE)', or pick a file and use its sigmas output.")
+
+
+def file_choices() -> list[str]:
+    return [AUTO_FILE, *[name for name, _path in ordered_files()]]
+
+
+class DODEDistillGuider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DODEDistillGuider",
+            display_name="Distill λ (D-ODE)",
+            category=CATEGORY,
+            description="Fits one D-ODE λ per model call of the base sampler against a finer teacher run of the same "
+                        "guider, saves them in models/dode_lambdas (or reuses the file of an earlier fit with the "
+                        "same inputs) and outputs the corrected sampler and its sigmas.",
+            is_output_node=True,
+            inputs=[
+                io.Noise.Input("noise", optional=True, tooltip=TIPS["noise"]),
+                io.Guider.Input("guider", tooltip=TIPS["guider"]),
+                io.Sigmas.Input("sigmas", tooltip=TIPS["sigmas"]),
+                io.Latent.Input("latent_image", tooltip=TIPS["latent_image"]),
+                *_fit_widgets(),
+            ],
+            outputs=_distill_outputs(),
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"lambdas": (folder_paths.get_filename_list(FOLDER),
-                                         {"tooltip": "A λ file from models/dode_lambdas."})}}
+    def execute(cls, guider, sigmas, latent_image, sampler_name, teacher_sampler, teacher_factor, history,
+                fit_schedule, filename, noise=None) -> io.NodeOutput:
+        prompt, uid = cls.hidden.prompt, cls.hidden.unique_id
+        guider_link = _link(prompt, uid, "guider")
+        names = {
+            "checkpoint": identity.checkpoint_name(prompt, uid, "guider"),
+            "scheduler": identity.scheduler_name(prompt, uid, "sigmas"),
+            "prompt": _guider_text(prompt, guider_link, ("positive", "conditioning", "cond1")),
+            "negative_prompt": _guider_text(prompt, guider_link, ("negative",)),
+        }
+        return distill_node(cls, guider=guider, noise=noise, sigmas=sigmas, latent=latent_image,
+                            sampler_name=sampler_name, teacher_sampler=teacher_sampler, teacher_factor=teacher_factor,
+                            history=history, fit_schedule=fit_schedule, filename=filename, names=names)
+
+
+class DODEDistill(io.ComfyNode):
+    """The simple preset (the node id of version 0.1, same input names): a CFGGuider from model, positive,
+    negative and cfg, and a batch of empty latents of width x height (or the shape of ``latent``)."""
 
     @classmethod
-    def IS_CHANGED(cls, lambdas):
-        path = folder_paths.get_full_path(FOLDER, lambdas)
-        try:
-            stat = os.stat(path)
-        except (OSError, TypeError):
-            return ""
-        return f"{stat.st_mtime_ns}:{stat.st_size}"
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DODEDistill",
+            display_name="Distill λ (D-ODE, CFG)",
+            category=CATEGORY,
+            description="Distill λ (D-ODE) with a plain CFG guider built from model, positive, negative and cfg, on a "
+                        "batch of empty latents. For Flux, DualCFG or any other guider use 'Distill λ (D-ODE)'.",
+            is_output_node=True,
+            inputs=[
+                io.Model.Input("model", tooltip=TIPS["model"]),
+                io.Conditioning.Input("positive", tooltip=TIPS["positive"]),
+                io.Conditioning.Input("negative", tooltip=TIPS["negative"]),
+                io.Sigmas.Input("sigmas", tooltip=TIPS["sigmas"]),
+                _sampler_widget(),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=TIPS["cfg"]),
+                # with its "control after generate" widget, as in 0.1: saved workflows store a value for it
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip=TIPS["seed"]),
+                io.Int.Input("batch_size", default=8, min=1, max=256, tooltip=TIPS["batch_size"]),
+                io.Int.Input("width", default=512, min=16, max=16384, step=8, tooltip=TIPS["width"]),
+                io.Int.Input("height", default=512, min=16, max=16384, step=8, tooltip=TIPS["height"]),
+                *_fit_widgets()[2:4],
+                io.String.Input("filename", default="", tooltip=TIPS["filename"]),
+                io.Latent.Input("latent", optional=True, tooltip=TIPS["latent"]),
+                # new in 0.2; optional so that API prompts written for 0.1 still validate
+                *[_optional(widget) for widget in (_fit_widgets()[1], _fit_widgets()[4])],
+            ],
+            outputs=_distill_outputs(),
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
+        )
 
-    def get_sampler(self, lambdas):
-        path = folder_paths.get_full_path_or_raise(FOLDER, lambdas)
-        lam = load_lambdas(path)
+    @classmethod
+    def execute(cls, model, positive, negative, sigmas, sampler_name, cfg, seed, batch_size, width, height,
+                teacher_factor, history, filename, teacher_sampler="auto", fit_schedule=False,
+                latent=None) -> io.NodeOutput:
+        if not math.isfinite(cfg):
+            raise ValueError(f"cfg is {cfg}; set a number (7 is typical for SD 1.5).")
+        guider = comfy.samplers.CFGGuider(model)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+        shape = list(latent["samples"].shape[1:]) if latent is not None else [4, height // 8, width // 8]
+        check_cost(1, 1, [batch_size, *shape])
+        samples = torch.zeros([batch_size, *shape])
+        prompt, uid = cls.hidden.prompt, cls.hidden.unique_id
+        names = {
+            "checkpoint": identity.checkpoint_name(prompt, uid, "model"),
+            "scheduler": identity.scheduler_name(prompt, uid, "sigmas"),
+            "prompt": identity.prompt_text(prompt, uid, "positive"),
+            "negative_prompt": identity.prompt_text(prompt, uid, "negative"),
+        }
+        return distill_node(cls, guider=guider, noise=_SeedNoise(seed), sigmas=sigmas, latent={"samples": samples},
+                            sampler_name=sampler_name, teacher_sampler=teacher_sampler, teacher_factor=teacher_factor,
+                            history=history, fit_schedule=fit_schedule, filename=filename, names=names)
+
+
+class _SeedNoise:
+    """ComfyUI's noise-source protocol (``seed``, ``generate_noise(latent)``) for the preset's seed widget."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def generate_noise(self, latent):
+        return comfy.sample.prepare_noise(latent["samples"], self.seed, latent.get("batch_index"))
+
+
+def _sampler_widget():
+    choices = samplers.supported_samplers()
+    return io.Combo.Input("sampler_name", options=choices, default="euler" if "euler" in choices else choices[0],
+                          tooltip=TIPS["sampler_name"])
+
+
+def _fit_widgets():
+    """sampler_name, teacher_sampler, teacher_factor, history, fit_schedule, filename."""
+    return [
+        _sampler_widget(),
+        io.Combo.Input("teacher_sampler", options=samplers.teacher_choices(), default=samplers.AUTO,
+                       tooltip=TIPS["teacher_sampler"]),
+        io.Int.Input("teacher_factor", default=10, min=1, max=100, tooltip=TIPS["teacher_factor"]),
+        io.Combo.Input("history", options=list(HISTORY_CHOICES), default="1", tooltip=TIPS["history"]),
+        io.Boolean.Input("fit_schedule", default=False, tooltip=TIPS["fit_schedule"]),
+        io.String.Input("filename", default="", tooltip=TIPS["filename"]),
+    ]
+
+
+def _optional(widget):
+    widget.optional = True
+    return widget
+
+
+def _distill_outputs():
+    return [
+        io.Sampler.Output("sampler_out", display_name="sampler", tooltip=OUT_TIPS["sampler"]),
+        io.Sigmas.Output("sigmas_out", display_name="sigmas", tooltip=OUT_TIPS["sigmas"]),
+        io.String.Output("lambda_file_out", display_name="lambda_file", tooltip=OUT_TIPS["lambda_file"]),
+        io.Image.Output("plot_out", display_name="plot", tooltip=OUT_TIPS["plot"]),
+        io.String.Output("info_out", display_name="info", tooltip=OUT_TIPS["info"]),
+    ]
+
+
+def _link(prompt, unique_id, input_name):
+    try:
+        return prompt[str(unique_id)]["inputs"][input_name]
+    except (KeyError, TypeError, IndexError):
+        return None
+
+
+def _guider_text(prompt, guider_link, input_names) -> str:
+    """The prompt text feeding one of the guider node's ``input_names``."""
+    if not isinstance(guider_link, list) or len(guider_link) != 2:
+        return ""
+    for input_name in input_names:
+        text = identity.prompt_text(prompt, guider_link[0], input_name)
+        if text:
+            return text
+    return ""
+
+
+class DODESampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DODESampler",
+            display_name="D-ODE Sampler",
+            category=CATEGORY,
+            description="A λ file's base sampler with its D-ODE correction, for SamplerCustom / SamplerCustomAdvanced. "
+                        "Use it with the sigmas output (or the scheduler, steps and denoise the file was distilled "
+                        "for); another schedule is refused with both schedules shown.",
+            inputs=[
+                io.Combo.Input("lambdas", options=file_choices(), default=AUTO_FILE,
+                               tooltip="A λ file from models/dode_lambdas, newest first (the shipped demo files, "
+                                       "made for the embedded digits model, last). 'auto': at sampling time, the "
+                                       "newest file whose sampler and schedule match the run, so a file just "
+                                       "distilled is used without refreshing this list."),
+                io.Guider.Input("guider", optional=True,
+                                tooltip="Optional: the guider you sample with, to check the file was fitted for this "
+                                        "model and guidance (a warning in info and the log otherwise)."),
+            ],
+            outputs=[
+                io.Sampler.Output("sampler_out", display_name="sampler", tooltip=OUT_TIPS["sampler"]),
+                io.Sigmas.Output("sigmas_out", display_name="sigmas",
+                                 tooltip="The schedule the file was fitted on ('auto': the newest file's)."),
+                io.String.Output("info_out", display_name="info", tooltip=OUT_TIPS["info"]),
+            ],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, lambdas, guider=None):
+        if lambdas == AUTO_FILE:
+            return listing_state()
+        path = full_path(lambdas)
         try:
-            base = base_function(lam.base_sampler)
-        except ValueError as error:
-            raise LambdaFileError(f"{lambdas}: base sampler: {error}") from None
-        return (comfy.samplers.KSAMPLER(_dode_function(base, lam, lambdas)),)
+            stat = os.stat(path) if path else None
+        except OSError:
+            stat = None
+        return f"{stat.st_mtime_ns}:{stat.st_size}" if stat else ""
+
+    @classmethod
+    def execute(cls, lambdas, guider=None) -> io.NodeOutput:
+        if lambdas == AUTO_FILE:
+            files = ordered_files()
+            if not files:
+                raise dode_core.LambdaFileError("no λ file in models/dode_lambdas yet: distill one with "
+                                                "'Distill λ (D-ODE)' first.")
+            name, lam = _newest_loadable(files)
+            sampler = dode_sampler(None, None, AUTO_FILE, lookup=auto_lookup)
+            lines = [f"auto: the newest lambda file matching the run's schedule (newest now: {name})"]
+        else:
+            path = full_path(lambdas)
+            if path is None:
+                raise dode_core.LambdaFileError(f"{lambdas}: no such λ file in models/dode_lambdas.")
+            lam = dode_core.load_lambdas(path)
+            name = lambdas
+            sampler = dode_sampler(file_host_sampler(name, lam), lam, name)
+            lines = describe_lines(name, lam)
+        warnings = mismatch_warnings(lam, guider)
+        for warning in warnings:
+            log.warning("D-ODE Sampler: %s: %s", name, warning.lstrip("! "))
+        sigmas = lam.schedule.float() if lam.schedule is not None else torch.tensor(
+            [*lam.call_sigmas, 0.0], dtype=torch.float32)
+        text = "\n".join([*lines, *warnings])
+        return io.NodeOutput(sampler, sigmas, text, ui={"text": [text]})
+
+
+def _newest_loadable(files):
+    """The newest (name, Lambdas) that loads: one broken file must not break "auto"."""
+    errors = []
+    for name, path in files:
+        try:
+            return name, dode_core.load_lambdas(path)
+        except dode_core.LambdaFileError as error:
+            errors.append(f"  {name}: {error}")
+    raise dode_core.LambdaFileError("no usable λ file in models/dode_lambdas:\n" + "\n".join(errors))
+
+
+NODES = [DODEDistillGuider, DODEDistill, DODESampler]

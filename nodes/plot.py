@@ -1,10 +1,13 @@
-"""An IMAGE of a fit: λ per model call, and the fit error per call before (λ = 0) and after. PIL only."""
+"""An IMAGE of a fit: a few text lines (file name, held-out figures, warnings), λ per model call, and the fit
+error per call before (λ = 0) and after. PIL only. ComfyUI shows it on the node as a preview."""
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 WIDTH, HEIGHT, PAD = 768, 320, 36
 
@@ -37,10 +40,24 @@ def _panel(draw, box, series, title, colors, labels, zero_line=False):
         draw.text((x1 - 150, y0 + 4 + 14 * k), label, fill=color)
 
 
-def plot_fit(lam) -> torch.Tensor:
-    """(1, H, W, 3) float image in [0, 1]."""
-    image = Image.new("RGB", (WIDTH, HEIGHT), (24, 24, 24))
-    draw = ImageDraw.Draw(image)
+LINE = 20
+
+
+def plot_fit(lam, lines=()) -> torch.Tensor:
+    """(1, H, W, 3) float image in [0, 1]; ``lines`` of text above the two panels (warnings start with '!')."""
+    lines = [(piece, str(line).startswith("!")) for line in lines
+             for piece in textwrap.wrap(str(line), 92, subsequent_indent="  ")][:12]
+    header = LINE * len(lines) + (8 if lines else 0)
+    image = Image.new("RGB", (WIDTH, HEIGHT + header), (24, 24, 24))
+    text = ImageDraw.Draw(image)
+    try:
+        font = ImageFont.load_default(size=15)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    for i, (line, warning) in enumerate(lines):
+        text.text((8, 6 + LINE * i), line, font=font, fill=(255, 200, 80) if warning else (235, 235, 235))
+    panels = Image.new("RGB", (WIDTH, HEIGHT), (24, 24, 24))
+    draw = ImageDraw.Draw(panels)
     lambdas = lam.lambdas.float()
     lambdas = lambdas.mean(-1) if lambdas.dim() == 3 else lambdas
     series = [lambdas[:, j].tolist() for j in range(lambdas.shape[1])]
@@ -52,4 +69,5 @@ def plot_fit(lam) -> torch.Tensor:
     _panel(draw, (half + PAD, 28, WIDTH - 8, HEIGHT - 24), [before, after], "fit RMSE to teacher per call",
            [(255, 100, 100), (90, 200, 120)], ["before (lambda = 0)", "after (fitted)"])
     draw.text((PAD, HEIGHT - 18), "model call ->", fill=(180, 180, 180))
+    image.paste(panels, (0, header))
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]

@@ -1,11 +1,12 @@
-"""The nodes on a real ComfyUI 0.3.75 server (CPU, loopback), with a tiny in-memory test model.
+"""The nodes on a real ComfyUI 0.3.75 server (CPU, loopback), with tiny in-memory test models.
 
-Skips (does not fail) when ComfyUI's requirements are not installed: pip install -r requirements-comfy-test.txt.
-See tests/comfyui_host/harness.py for the environment variables.
+Skips when ComfyUI's requirements are not installed (pip install -r requirements-comfy-test.txt); under CI=true
+that is a failure instead (see tests/comfyui_host/harness.py).
 """
 
 import asyncio
 import glob
+import inspect
 import json
 import math
 import os
@@ -16,20 +17,18 @@ import uuid
 import aiohttp
 import pytest
 
-from comfyui_host.harness import ComfyServer, Unavailable, error_message
-from dode_core import load_lambdas
+from comfyui_host.harness import error_message, start_server
+from dode_core import distill, load_lambdas
 
-MODEL_TYPES = ["eps", "v_prediction", "edm", "flow", "flux"]
 STEPS = 4
 SIZE = 64  # pixels: an 8x8 latent
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AUTO = "auto (newest matching)"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    try:
-        comfy = ComfyServer(str(tmp_path_factory.mktemp("comfy_base")))
-    except Unavailable as why:
-        pytest.skip(f"ComfyUI tests skipped: {why}")
+    comfy = start_server(str(tmp_path_factory.mktemp("comfy_base")))
     yield comfy
     comfy.stop()
 
@@ -38,40 +37,66 @@ def lambdas_dir(server):
     return os.path.join(server.base, "models", "dode_lambdas")
 
 
-def base_graph(model_type, steps=STEPS, scheduler="karras"):
+def files(server):
+    folder = lambdas_dir(server)
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def base_graph(model_type="eps", steps=STEPS, scheduler="karras", model_seed=0, denoise=1.0):
     return {
-        "model": {"class_type": "DODETestTinyModel", "inputs": {"model_type": model_type, "seed": 0}},
+        "model": {"class_type": "DODETestTinyModel", "inputs": {"model_type": model_type, "seed": model_seed}},
         "pos": {"class_type": "DODETestConditioning", "inputs": {"value": 0.5}},
         "neg": {"class_type": "DODETestConditioning", "inputs": {"value": -0.5}},
         "sigmas": {"class_type": "BasicScheduler",
-                   "inputs": {"model": ["model", 0], "scheduler": scheduler, "steps": steps, "denoise": 1.0}},
+                   "inputs": {"model": ["model", 0], "scheduler": scheduler, "steps": steps, "denoise": denoise}},
     }
 
 
-def distill_graph(model_type, filename, sampler="euler", steps=STEPS, teacher_factor=4, batch=4, history="1"):
-    graph = base_graph(model_type, steps)
-    graph["distill"] = {"class_type": "DODEDistill", "inputs": {
-        "model": ["model", 0], "positive": ["pos", 0], "negative": ["neg", 0], "sigmas": ["sigmas", 0],
-        "sampler_name": sampler, "cfg": 2.0, "seed": 1, "batch_size": batch, "width": SIZE, "height": SIZE,
-        "teacher_factor": teacher_factor, "history": history, "filename": filename}}
-    graph["name"] = {"class_type": "DODETestShowText", "inputs": {"text": ["distill", 1]}}
-    graph["plot"] = {"class_type": "DODETestImageStats", "inputs": {"image": ["distill", 2]}}
+def add_guider(graph, guider="cfg", cfg=2.0):
+    if guider == "cfg":
+        graph["guider"] = {"class_type": "CFGGuider", "inputs": {
+            "model": ["model", 0], "positive": ["pos", 0], "negative": ["neg", 0], "cfg": cfg}}
+    else:  # Flux style: BasicGuider on a conditioning with FluxGuidance
+        graph["flux_guidance"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0],
+                                                                           "guidance": cfg}}
+        graph["guider"] = {"class_type": "BasicGuider", "inputs": {"model": ["model", 0],
+                                                                   "conditioning": ["flux_guidance", 0]}}
     return graph
 
 
-def sample_graph(model_type, sampler_node, steps=STEPS, scheduler="karras", seed=7):
-    graph = base_graph(model_type, steps, scheduler)
+def distill_graph(filename, model_type="eps", sampler="euler", steps=STEPS, teacher_factor=4, batch=4,
+                  history="1", guider="cfg", cfg=2.0, model_seed=0, **extra):
+    graph = add_guider(base_graph(model_type, steps, model_seed=model_seed), guider, cfg)
+    graph["fit_latent"] = {"class_type": "EmptyLatentImage",
+                           "inputs": {"width": SIZE, "height": SIZE, "batch_size": batch}}
+    graph["distill"] = {"class_type": "DODEDistillGuider", "inputs": {
+        "guider": ["guider", 0], "sigmas": ["sigmas", 0], "latent_image": ["fit_latent", 0],
+        "sampler_name": sampler, "teacher_sampler": "auto", "teacher_factor": teacher_factor, "history": history,
+        "fit_schedule": False, "filename": filename, **extra}}
+    graph["name"] = {"class_type": "DODETestShowText", "inputs": {"text": ["distill", 2]}}
+    graph["plot"] = {"class_type": "DODETestImageStats", "inputs": {"image": ["distill", 3]}}
+    graph["info"] = {"class_type": "DODETestShowText", "inputs": {"text": ["distill", 4]}}
+    return graph
+
+
+def sample_graph(sampler_node, model_type="eps", steps=STEPS, scheduler="karras", seed=7, guider="cfg", cfg=2.0,
+                 model_seed=0):
+    graph = add_guider(base_graph(model_type, steps, scheduler, model_seed=model_seed), guider, cfg)
     graph["sampler"] = sampler_node
+    graph["noise"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}}
     graph["latent"] = {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 2}}
-    graph["sample"] = {"class_type": "SamplerCustom", "inputs": {
-        "model": ["model", 0], "add_noise": True, "noise_seed": seed, "cfg": 2.0, "positive": ["pos", 0],
-        "negative": ["neg", 0], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "latent_image": ["latent", 0]}}
+    graph["sample"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["sampler", 0], "sigmas": ["sigmas", 0],
+        "latent_image": ["latent", 0]}}
     graph["stats"] = {"class_type": "DODETestLatentStats", "inputs": {"samples": ["sample", 0]}}
     return graph
 
 
-def dode_sampler(name):
-    return {"class_type": "DODESampler", "inputs": {"lambdas": name}}
+def dode_sampler(name, guider=False):
+    node = {"class_type": "DODESampler", "inputs": {"lambdas": name}}
+    if guider:
+        node["inputs"]["guider"] = ["guider", 0]
+    return node
 
 
 def base_sampler(name="euler"):
@@ -90,94 +115,256 @@ def rmse(a, b):
     return math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b, strict=True)) / len(a))
 
 
-def distill(server, model_type, filename, **kwargs):
-    entry = server.run(distill_graph(model_type, filename, **kwargs))
+def run_ok(server, graph):
+    entry = server.run(graph)
     assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + server.log_tail()
     return entry
 
 
-def test_nodes_in_object_info(server):
+def run_error(server, graph) -> str:
+    entry = server.run(graph)
+    assert entry["status"]["status_str"] == "error", entry["status"]
+    assert server.get("/system_stats")  # still serving
+    return error_message(entry)
+
+
+def distilled_name(entry):
+    return entry["outputs"]["name"]["text"][0]
+
+
+def lambdas_choices(server):
+    spec = server.get("/object_info/DODESampler")["DODESampler"]["input"]["required"]["lambdas"]
+    return spec[1]["options"]
+
+
+def test_nodes_schema_tooltips_and_sampler_list_from_the_host(server):
     info = server.get("/object_info")
-    distill_inputs = info["DODEDistill"]["input"]["required"]
+    for node_id in ("DODEDistillGuider", "DODEDistill", "DODESampler"):
+        node = info[node_id]
+        assert node["category"] == "sampling/custom_sampling/samplers"
+        assert node["description"]
+        for section in ("required", "optional"):
+            for name, (_kind, options) in node["input"].get(section, {}).items():
+                assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
+        assert all(node["output_tooltips"]), f"{node_id} has an output without tooltip"
+    guider_node = info["DODEDistillGuider"]
+    assert guider_node["display_name"] == "Distill λ (D-ODE)"
+    assert guider_node["output"] == ["SAMPLER", "SIGMAS", "STRING", "IMAGE", "STRING"]
+    required = guider_node["input"]["required"]
+    assert [required[k][0] for k in ("guider", "sigmas", "latent_image")] == ["GUIDER", "SIGMAS", "LATENT"]
+    assert guider_node["input"]["optional"]["noise"][0] == "NOISE"
+    assert required["fit_schedule"][0] == "BOOLEAN"
+
+    # the 0.1 node id keeps its input names (saved workflows keep loading); its seed is fixed, not randomized
+    preset = info["DODEDistill"]["input"]
     for name in ("model", "positive", "negative", "sigmas", "sampler_name", "cfg", "seed", "batch_size", "width",
                  "height", "teacher_factor", "history", "filename"):
-        assert name in distill_inputs, name
-    samplers = distill_inputs["sampler_name"][0]
-    for name in ("euler", "heun", "dpmpp_2m", "ipndm", "deis", "lms", "dpm_2", "res_multistep"):
-        assert name in samplers
-    assert not [s for s in samplers if "ancestral" in s or "sde" in s]
-    assert info["DODEDistill"]["output"] == ["SAMPLER", "STRING", "IMAGE"]
-    assert info["DODEDistill"]["display_name"] == "Distill λ (D-ODE)"
-    assert info["DODEDistill"]["category"].startswith("sampling/custom_sampling")
-    assert info["DODESampler"]["output"] == ["SAMPLER"]
-    assert info["DODESampler"]["display_name"] == "D-ODE Sampler"
-    assert "lambdas" in info["DODESampler"]["input"]["required"]
+        assert name in preset["required"], name
+    assert preset["required"]["seed"][1]["control_after_generate"] is True  # as in 0.1: old widget values fit
+
+    # the dropdown: ComfyUI's own list, in its order, filtered by dode_core at run time
+    offered = required["sampler_name"][1]["options"]
+    host = info["KSampler"]["input"]["required"]["sampler_name"][0]
+    assert offered == [name for name in host if name in offered], "not in the host's order"
+    assert "test_euler_copy" in offered, "a sampler another pack adds at run time is not offered"
+    assert "test_noisy_euler" not in offered, "a noise-injecting sampler is offered"
+    for name in ("euler", "heun", "dpmpp_2m", "lms", "dpm_2"):
+        assert name in offered
+    assert not [s for s in offered if "ancestral" in s or "sde" in s]
+    assert "dpm_adaptive" not in offered
+    assert required["teacher_sampler"][1]["options"] == ["auto", *offered]
     # the plain KSampler dropdown is untouched unless opted in
-    assert not [s for s in info["KSampler"]["input"]["required"]["sampler_name"][0] if s.startswith("dode_")]
+    assert not [s for s in host if s.startswith("dode_")]
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_distill_then_sample(server, model_type):
-    entry = distill(server, model_type, f"t_{model_type}")
-    name = entry["outputs"]["name"]["text"][0]
-    assert name == f"t_{model_type}.safetensors"
-    path = os.path.join(lambdas_dir(server), name)
-    lam = load_lambdas(path)
+@pytest.mark.parametrize(("model_type", "guider"), [("eps", "cfg"), ("flow", "cfg"), ("flux", "basic")])
+def test_guider_distill_then_sample_is_closer_to_the_reference(server, model_type, guider):
+    filename = f"g_{model_type}_{guider}"
+    entry = run_ok(server, distill_graph(filename, model_type=model_type, guider=guider))
+    name = distilled_name(entry)
+    assert name == f"{filename}.safetensors"
+    lam = load_lambdas(os.path.join(lambdas_dir(server), name))
     meta = lam.metadata
-    assert meta["base_sampler"] == "euler" and lam.calls == STEPS
-    assert meta["model"] == "BaseModel"
-    assert meta["prediction"] == {"eps": "EPS", "v_prediction": "V_PREDICTION", "edm": "EDM",
-                                  "flow": "FLOW", "flux": "FLUX"}[model_type]
-    assert len(meta["model_fingerprint"]) == 16
-    assert float(meta["cfg"]) == 2.0 and meta["seed"] == "1" and meta["batch_size"] == "4"
-    assert meta["teacher_factor"] == "4" and meta["plugin_version"]
-    assert len(json.loads(meta["call_sigmas"])) == STEPS
+    assert meta["base_sampler"] == "euler" and meta["comfy_sampler"] == "euler" and lam.calls == STEPS
+    assert meta["guider"] == {"cfg": "CFGGuider", "basic": "Guider_Basic"}[guider]
+    assert json.loads(meta["guidance"]) == ({"cfg": 2.0} if guider == "cfg" else {"guidance": 2.0})
+    assert len(meta["model_fingerprint"]) == 16 and len(meta["content_key"]) == 32
+    assert meta["scheduler"] == "karras" and meta["seed"] == "0" and meta["batch_size"] == "4"
     assert meta["host"].startswith("ComfyUI 0.3.75")
+    info = entry["outputs"]["info"]["text"][0]
+    assert info.startswith(f"lambda file: {name}  (new fit)"), info
+    held_base, held_dode, held_count = lam.heldout()
+    assert held_dode < held_base and held_count == 1  # batch 4: one latent held out
+    assert (f"held-out RMSE to the teacher on 1 latents: base {held_base:.4g} -> D-ODE {held_dode:.4g} "
+            f"({held_dode / held_base:.2f}x)") in info, info
+    distill_ui = entry["outputs"]["distill"]
+    assert distill_ui["lambda_file"] == [name]
+    assert distill_ui["images"][0]["type"] == "temp"  # the plot with the file name, shown on the node
     plot = entry["outputs"]["plot"]["image"][0]
     assert plot["shape"][0] == 1 and plot["shape"][3] == 3 and plot["std"] > 0.01
 
-    # held-out noise (seed 7, not the fit's seed 1)
-    dode = latent_values(server, sample_graph(model_type, dode_sampler(name)))
-    base = latent_values(server, sample_graph(model_type, base_sampler()))
-    reference = latent_values(server, sample_graph(model_type, base_sampler(), steps=STEPS * 8))
+    # held-out noise (seed 7, not the fit's seed 0), the same guider
+    kwargs = {"model_type": model_type, "guider": guider}
+    dode = latent_values(server, sample_graph(dode_sampler(name), **kwargs))
+    base = latent_values(server, sample_graph(base_sampler(), **kwargs))
+    reference = latent_values(server, sample_graph(base_sampler(), steps=STEPS * 8, **kwargs))
     assert rmse(dode, base) > 1e-4, "D-ODE changed nothing"
-    assert rmse(dode, reference) < rmse(base, reference), (rmse(dode, reference), rmse(base, reference))
+    assert rmse(dode, reference) < 0.9 * rmse(base, reference), (rmse(dode, reference), rmse(base, reference))
 
 
-def test_taken_name_gets_a_counter_and_cannot_escape(server):
-    first = distill(server, "eps", "same")["outputs"]["name"]["text"][0]
-    # another input (an identical prompt is served from ComfyUI's cache without running the node)
-    second = distill(server, "eps", "same", batch=3)["outputs"]["name"]["text"][0]
-    assert (first, second) == ("same.safetensors", "same_2.safetensors")
-    escaped = distill(server, "eps", "../../escape")["outputs"]["name"]["text"][0]
-    assert escaped == "escape.safetensors"
-    assert os.path.exists(os.path.join(lambdas_dir(server), escaped))
-    assert not os.path.exists(os.path.join(server.base, "escape.safetensors"))
+def test_cfg_preset_accepts_a_0_1_api_prompt(server):
+    graph = base_graph()
+    graph["distill"] = {"class_type": "DODEDistill", "inputs": {  # exactly the inputs of version 0.1
+        "model": ["model", 0], "positive": ["pos", 0], "negative": ["neg", 0], "sigmas": ["sigmas", 0],
+        "sampler_name": "euler", "cfg": 2.0, "seed": 1, "batch_size": 4, "width": SIZE, "height": SIZE,
+        "teacher_factor": 4, "history": "1", "filename": ""}}
+    graph["name"] = {"class_type": "DODETestShowText", "inputs": {"text": ["distill", 2]}}
+    graph["info"] = {"class_type": "DODETestShowText", "inputs": {"text": ["distill", 4]}}
+    name = distilled_name(run_ok(server, graph))
+    # <fingerprint (no checkpoint loader in the graph)>_<sampler>_<steps>steps_<scheduler>_cfg<cfg>_h<history>
+    lam = load_lambdas(os.path.join(lambdas_dir(server), name))
+    assert name == f"{lam.metadata['model_fingerprint'][:8]}_euler_4steps_karras_cfg2_h1.safetensors"
+    assert lam.metadata["seed"] == "1" and json.loads(lam.metadata["guidance"]) == {"cfg": 2.0}
+    # a randomized seed widget does not refit: same model, prompts, cfg, sigmas and settings reuse the file
+    graph["distill"]["inputs"]["seed"] = 123456
+    entry = run_ok(server, graph)
+    assert distilled_name(entry) == name and "(reused: same inputs, no new fit)" in entry["outputs"]["info"]["text"][0]
+
+
+def test_requeue_after_another_workflow_reuses_the_file_without_fitting(server):
+    graph = distill_graph("", cfg=2.5)
+    first = run_ok(server, graph)
+    name = distilled_name(first)
+    path = os.path.join(lambdas_dir(server), name)
+    stamp, before = os.stat(path).st_mtime_ns, files(server)
+    run_ok(server, sample_graph(base_sampler()))  # another workflow: ComfyUI drops the distill's cached outputs
+
+    client_id = f"dode-reuse-{uuid.uuid4().hex}"
+    prompt_id, events, final = asyncio.run(_progress_events(server, graph, client_id))
+    entry = server.wait(prompt_id)
+    assert final == "execution_success", error_message(entry)
+    assert distilled_name(entry) == name
+    assert entry["outputs"]["info"]["text"][0].startswith(f"lambda file: {name}  (reused: same inputs, no new fit)")
+    assert [e for e in events if e["node"] == "distill"] == [], "the re-queued distill called the model"
+    assert files(server) == before and os.stat(path).st_mtime_ns == stamp  # no new file, nothing rewritten
+
+    # another input (cfg) is another fit, in another file: never the same name overwritten
+    other = distilled_name(run_ok(server, distill_graph("", cfg=3.0)))
+    assert other != name and os.stat(path).st_mtime_ns == stamp
+
+
+def test_new_file_is_listed_first_and_auto_uses_it_without_a_refresh(server):
+    shipped = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "lambdas", "*.safetensors"))}
+    name = distilled_name(run_ok(server, distill_graph("listed_now", sampler="dpmpp_2m")))
+    choices = lambdas_choices(server)
+    assert choices[0] == AUTO and choices[1] == name, choices[:3]
+    assert set(choices[-len(shipped):]) == shipped, "the demo files are not last"
+    spec = server.get("/object_info/DODESampler")["DODESampler"]["input"]["required"]["lambdas"][1]
+    assert spec["default"] == AUTO
+
+    named = latent_values(server, sample_graph(dode_sampler(name)))
+    auto = latent_values(server, sample_graph(dode_sampler(AUTO)))
+    assert auto == named, "auto did not pick the file just written"
+    assert "auto picked " + name in server.log_tail(20000)
+
+
+def test_sampler_node_outputs_the_files_schedule(server):
+    name = distilled_name(run_ok(server, distill_graph("own_sigmas", steps=5)))
+    with_scheduler = latent_values(server, sample_graph(dode_sampler(name), steps=5))
+    graph = sample_graph(dode_sampler(name), steps=9)  # the scheduler node now says 9 steps; it is not used
+    graph["sample"]["inputs"]["sigmas"] = ["sampler", 1]
+    assert latent_values(server, graph) == with_scheduler
+
+
+@pytest.mark.skipif("fit_schedule" not in inspect.signature(distill).parameters,
+                    reason="dode_core has no joint schedule fit yet (issue 9)")
+def test_fit_schedule_outputs_the_fitted_sigmas_for_the_sampler(server):
+    entry = run_ok(server, distill_graph("", fit_schedule=True, cfg=2.25))
+    name = distilled_name(entry)
+    lam = load_lambdas(os.path.join(lambdas_dir(server), name))
+    assert lam.schedule_fitted and "_euler_4steps_fitted_cfg2p25_h1" in name, name
+    assert lam.metadata["scheduler"] == "fitted"
+    graph = sample_graph(dode_sampler(name), cfg=2.25)
+    graph["sample"]["inputs"]["sigmas"] = ["sampler", 1]  # the file's own (fitted) schedule
+    fitted = latent_values(server, graph)
+    assert fitted != latent_values(server, sample_graph(base_sampler(), cfg=2.25))
+
+
+def test_mismatch_warning_for_another_model_and_guidance(server):
+    name = distilled_name(run_ok(server, distill_graph("warn_me", cfg=2.0)))
+    graph = sample_graph(dode_sampler(name, guider=True), cfg=4.0, model_seed=1)  # other weights, other cfg
+    graph["sampler_info"] = {"class_type": "DODETestShowText", "inputs": {"text": ["sampler", 2]}}
+    entry = run_ok(server, graph)
+    info = entry["outputs"]["sampler_info"]["text"][0]
+    assert "! model fingerprint" in info and "differs from the one the λ file was fitted with" in info, info
+    assert "! guidance differs from the fit: cfg 4 (fitted with 2)" in info, info
+    log = server.log_tail(50000)
+    assert f"D-ODE Sampler: {name}: model fingerprint" in log and f"D-ODE Sampler: {name}: guidance differs" in log
+
+    # the same model and guidance: no warning
+    graph = sample_graph(dode_sampler(name, guider=True), cfg=2.0)
+    graph["sampler_info"] = {"class_type": "DODETestShowText", "inputs": {"text": ["sampler", 2]}}
+    assert "!" not in run_ok(server, graph)["outputs"]["sampler_info"]["text"][0]
+
+
+def test_no_gain_is_the_node_error_and_writes_no_file(server):
+    graph = distill_graph("no_gain")
+    graph["model"]["inputs"]["weight_scale"] = 0.0  # the net predicts no noise: the base sampler is already exact
+    message = run_error(server, graph)
+    assert "NoGainError" in message and "did not beat the base sampler 'euler'" in message, message
+    assert "no λ file was written" in message
+    assert not [f for f in files(server) if f.startswith("no_gain")]
 
 
 def test_schedule_mismatch_is_a_clear_node_error(server):
-    name = distill(server, "eps", "mismatch")["outputs"]["name"]["text"][0]
-    entry = server.run(sample_graph("eps", dode_sampler(name), steps=STEPS + 2))
-    assert entry["status"]["status_str"] == "error"
-    message = error_message(entry)
+    name = distilled_name(run_ok(server, distill_graph("mismatch")))
+    message = run_error(server, sample_graph(dode_sampler(name), steps=STEPS + 2))
     assert "ScheduleMismatchError" in message and name in message
     assert "λ file" in message and "this run" in message and "distill" in message.lower()
-    assert server.get("/system_stats")  # still serving
+
+
+def test_bad_inputs_are_clear_errors_before_any_model_call(server):
+    graph = distill_graph("empty")
+    graph["sigmas"]["inputs"]["denoise"] = 0.0
+    assert "SIGMAS is empty" in run_error(server, graph)
+
+    message = run_error(server, distill_graph("nan", cfg=float("nan")))
+    assert "guidance is not a number (cfg=nan)" in message, message
+
+    message = run_error(server, distill_graph("long", steps=100, teacher_factor=100))
+    assert "steps x teacher_factor = 100 x 100 = 10000" in message and "at most 4000" in message, message
+
+    graph = distill_graph("huge")
+    graph["fit_latent"]["inputs"].update(width=2048, height=2048, batch_size=80)
+    message = run_error(server, graph)
+    assert "the fit batch is 80 latents of [4, 256, 256]" in message and "at most 64" in message, message
+
+    message = run_error(server, distill_graph("noisy", sampler="test_noisy_euler"))
+    assert "value_not_in_list" in message or "not" in message
+    assert not [f for f in files(server) if f.startswith(("empty", "nan", "long", "huge", "noisy"))]
 
 
 def test_corrupt_file_is_refused_with_the_loaders_error(server):
     os.makedirs(lambdas_dir(server), exist_ok=True)
     with open(os.path.join(lambdas_dir(server), "corrupt.safetensors"), "wb") as f:
         f.write(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
-    entry = server.run(sample_graph("eps", dode_sampler("corrupt.safetensors")))
-    assert entry["status"]["status_str"] == "error"
-    assert "LambdaFileError" in error_message(entry)
-    assert "corrupt.safetensors" in error_message(entry)
-    assert server.get("/system_stats")
+    message = run_error(server, sample_graph(dode_sampler("corrupt.safetensors")))
+    assert "LambdaFileError" in message and "corrupt.safetensors" in message
+    # one bad file, a FIFO or a dangling link does not break "auto" or the list for the others (nor hang)
+    os.mkfifo(os.path.join(lambdas_dir(server), "fifo.safetensors"))
+    os.symlink("/nonexistent/x.safetensors", os.path.join(lambdas_dir(server), "dangling.safetensors"))
+    name = distilled_name(run_ok(server, distill_graph("beside_corrupt")))
+    assert lambdas_choices(server)[1] == name
+    corrupt = os.path.join(lambdas_dir(server), "corrupt.safetensors")
+    os.utime(corrupt, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))  # the broken file is the newest
+    assert latent_values(server, sample_graph(dode_sampler(AUTO))) == latent_values(
+        server, sample_graph(dode_sampler(name)))
+    for junk in ("corrupt", "fifo", "dangling"):
+        os.remove(os.path.join(lambdas_dir(server), junk + ".safetensors"))
 
 
 def test_interrupt_during_distill_leaves_no_file(server):
-    graph = distill_graph("eps", "interrupted", steps=20, teacher_factor=100, batch=2)
+    graph = distill_graph("interrupted", steps=20, teacher_factor=100, batch=2)
     prompt_id = server.post_prompt(graph)
     time.sleep(3.0)
     server.request("/interrupt", {})
@@ -185,26 +372,8 @@ def test_interrupt_during_distill_leaves_no_file(server):
     entry = server.wait(prompt_id, timeout=60)
     assert time.monotonic() - started < 10, "Cancel was not prompt"
     assert entry["status"]["status_str"] == "error"
-    messages = [kind for kind, _ in entry["status"]["messages"]]
-    assert "execution_interrupted" in messages
-    assert not [f for f in os.listdir(lambdas_dir(server)) if f.startswith("interrupted")]
-
-
-def test_opt_in_ksampler_entries(tmp_path):
-    try:
-        comfy = ComfyServer(str(tmp_path), env={"DODE_KSAMPLER_ENTRIES": "1"})
-    except Unavailable as why:
-        pytest.skip(f"ComfyUI tests skipped: {why}")
-    try:
-        info = comfy.get("/object_info")
-        plain = info["KSampler"]["input"]["required"]["sampler_name"][0]
-        select = info["KSamplerSelect"]["input"]["required"]["sampler_name"]
-        select = select[1]["options"] if select[0] == "COMBO" else select[0]  # a V3 node
-        for name in ("dode_euler", "dode_dpmpp_2m"):
-            assert plain.count(name) == 1 and select.count(name) == 1  # in place, once
-        assert plain[0] == "euler"  # appended, nothing reordered
-    finally:
-        comfy.stop()
+    assert "execution_interrupted" in [kind for kind, _ in entry["status"]["messages"]]
+    assert not [f for f in files(server) if f.startswith("interrupted")]
 
 
 async def _progress_events(server, graph, client_id, timeout=300.0):
@@ -231,25 +400,39 @@ async def _progress_events(server, graph, client_id, timeout=300.0):
 
 def test_distill_reports_progress_over_the_websocket(server):
     client_id = f"dode-progress-{uuid.uuid4().hex}"
-    graph = distill_graph("eps", "progress", batch=3)
-    prompt_id, events, final = asyncio.run(_progress_events(server, graph, client_id))
+    prompt_id, events, final = asyncio.run(_progress_events(server, distill_graph("progress", batch=3), client_id))
     entry = server.wait(prompt_id)
     assert final == "execution_success", error_message(entry) + "\n" + server.log_tail()
-    lam = load_lambdas(os.path.join(lambdas_dir(server), entry["outputs"]["name"]["text"][0]))
-    total = int(lam.metadata["teacher_calls"]) + lam.calls
-    assert total == STEPS * 4 + STEPS  # euler: 4 teacher sub-steps per step, one call each
-    distill_events = [e for e in events if e["node"] == "distill"]
-    assert distill_events, f"no progress events for the distill node: {events}"
-    values = [e["value"] for e in distill_events]
-    assert all(e["max"] == total for e in distill_events), {e["max"] for e in distill_events}
-    assert max(values) == total and values[-1] == total, values
-    assert all(b > a for a, b in zip(values[:-1], values[1:], strict=True)), values
-    assert len(values) == total  # one per model call, none dropped
+    lam = load_lambdas(os.path.join(lambdas_dir(server), distilled_name(entry)))
+    # teacher + the student run + the base run on the held-out latents (+ any shrunk-λ check)
+    total = int(lam.metadata["teacher_calls"]) + lam.calls + int(lam.metadata["proof_calls"])
+    values = [e["value"] for e in events if e["node"] == "distill"]
+    assert values, f"no progress events for the distill node: {events}"
+    assert all(e["max"] == total for e in events if e["node"] == "distill")
+    # one event per model call, none dropped (and a 0 of total before the first, where dode_core reports it)
+    assert [v for v in values if v > 0] == list(range(1, total + 1)), values
+
+
+def test_opt_in_ksampler_entries(tmp_path):
+    comfy = start_server(str(tmp_path), env={"DODE_KSAMPLER_ENTRIES": "1"})
+    try:
+        info = comfy.get("/object_info")
+        plain = info["KSampler"]["input"]["required"]["sampler_name"][0]
+        select = info["KSamplerSelect"]["input"]["required"]["sampler_name"]
+        select = select[1]["options"] if select[0] == "COMBO" else select[0]  # a V3 node
+        offered = info["DODEDistillGuider"]["input"]["required"]["sampler_name"][1]["options"]
+        for name in ("dode_euler", "dode_dpmpp_2m"):
+            assert plain.count(name) == 1 and select.count(name) == 1  # in place, once
+        assert plain[0] == "euler"  # appended, nothing reordered
+        # the same source as the nodes' dropdown (the test pack's sampler is added after D-ODE's entries)
+        entries = {s.removeprefix("dode_") for s in plain if s.startswith("dode_")}
+        assert entries == set(offered) - {"test_euler_copy"}, entries ^ set(offered)
+    finally:
+        comfy.stop()
 
 
 def test_extra_model_paths_yaml_keeps_users_folder(tmp_path):
-    shipped = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                            "lambdas", "*.safetensors")))
+    shipped = sorted(glob.glob(os.path.join(ROOT, "lambdas", "*.safetensors")))
     assert shipped, "no shipped λ file to copy"
     extra_root = tmp_path / "extra_root"
     extra = extra_root / "my_lambdas"
@@ -259,26 +442,20 @@ def test_extra_model_paths_yaml_keeps_users_folder(tmp_path):
     config.write_text(f"dode_test_user:\n    base_path: {extra_root}\n    dode_lambdas: my_lambdas\n")
     base = tmp_path / "base"
     base.mkdir()
-    try:
-        comfy = ComfyServer(str(base), extra_args=["--extra-model-paths-config", str(config)])
-    except Unavailable as why:
-        pytest.skip(f"ComfyUI tests skipped: {why}")
+    comfy = start_server(str(base), extra_args=["--extra-model-paths-config", str(config)])
     try:
         assert "Adding extra search path dode_lambdas" in comfy.log_tail(100000)
-        choices = comfy.get("/object_info/DODESampler")["DODESampler"]["input"]["required"]["lambdas"][0]
-        assert "user_extra.safetensors" in choices, choices
-        assert os.path.basename(shipped[0]) in choices, choices  # the shipped folder is still listed too
-        # the file resolves from the user's folder: it loads and is then refused for this (other) schedule
-        entry = comfy.run(sample_graph("eps", dode_sampler("user_extra.safetensors")))
+        choices = lambdas_choices(comfy)
+        assert "user_extra.safetensors" in choices and os.path.basename(shipped[0]) in choices, choices
+        assert choices.index("user_extra.safetensors") < choices.index(os.path.basename(shipped[0]))
+        entry = comfy.run(sample_graph(dode_sampler("user_extra.safetensors")))
         assert entry["status"]["status_str"] == "error"
         assert "ScheduleMismatchError" in error_message(entry) and "user_extra.safetensors" in error_message(entry)
 
-        entry = comfy.run(distill_graph("eps", "saved_here"))
+        entry = comfy.run(distill_graph("saved_here"))
         assert entry["status"]["status_str"] == "success", error_message(entry) + "\n" + comfy.log_tail()
-        assert entry["outputs"]["name"]["text"][0] == "saved_here.safetensors"
+        assert distilled_name(entry) == "saved_here.safetensors"
         assert os.path.isfile(base / "models" / "dode_lambdas" / "saved_here.safetensors")
         assert sorted(os.listdir(extra)) == ["user_extra.safetensors"]  # nothing written to the user's folder
-        choices = comfy.get("/object_info/DODESampler")["DODESampler"]["input"]["required"]["lambdas"][0]
-        assert {"saved_here.safetensors", "user_extra.safetensors"} <= set(choices), choices
     finally:
         comfy.stop()

@@ -1,4 +1,6 @@
-"""The shipped example workflows (ComfyUI shows example_workflows/ as templates) are well-formed UI graphs."""
+"""The shipped example workflows (ComfyUI shows example_workflows/ as templates) are well-formed UI graphs.
+They are exported by the real frontend (tests/comfyui_host/export_workflows.py); tests/test_comfy_frontend.py
+loads and queues them there."""
 
 import glob
 import json
@@ -18,9 +20,10 @@ def test_workflows_are_consistent_graphs():
         with open(path, encoding="utf-8") as f:
             graph = json.load(f)
         nodes = {node["id"]: node for node in graph["nodes"]}
-        assert any(node["type"] in ("DODEDistill", "DODESampler") for node in nodes.values()), path
+        assert any(node["type"] in ("DODEDistillGuider", "DODESampler") for node in nodes.values()), path
         for link_id, src, src_slot, dst, dst_slot, kind in graph["links"]:
-            assert nodes[src]["outputs"][src_slot]["type"] == kind, (path, link_id)
+            src_type, dst_type = nodes[src]["outputs"][src_slot]["type"], nodes[dst]["inputs"][dst_slot]["type"]
+            # a link into an any-type input ("*", Preview Any) is typed "*"
+            assert kind == src_type == dst_type or kind == dst_type == "*", (path, link_id, src_type, dst_type)
             assert link_id in nodes[src]["outputs"][src_slot]["links"], (path, link_id)
             assert nodes[dst]["inputs"][dst_slot]["link"] == link_id, (path, link_id)
-            assert nodes[dst]["inputs"][dst_slot]["type"] == kind, (path, link_id)

@@ -72,7 +72,7 @@ def test_distill_costs_a_teacher_run_a_student_run_and_a_base_run_and_reports_it
     # the held-out proof is one base run (the D-ODE side comes with the student run); the Gaussian fit wins
     assert lam.metadata["proof_calls"] == str(student_calls)
     assert len(calls) == teacher_calls + 2 * student_calls
-    assert progress == [(i, len(calls)) for i in range(1, len(calls) + 1)]
+    assert progress == [(i, len(calls)) for i in range(0, len(calls) + 1)]
 
 
 def test_a_raising_callback_cancels_the_fit_at_once(K, karras):
@@ -127,3 +127,24 @@ def test_sample_draws_from_the_global_generator_exactly_as_the_base_sampler(K, k
     torch.manual_seed(3)
     sample(gaussian, x, karras(4), K.sample_euler, lam, disable=True)
     assert torch.equal(torch.get_rng_state(), after_base)
+
+
+def test_a_callback_that_raises_at_the_start_cancels_before_any_model_call(K, karras):
+    """Hosts learn the fit's cost as (0, total) and can stop it there (an interrupt during the free probes)."""
+    calls, seen = [], []
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_at_once(done, total):
+        seen.append((done, total))
+        raise Cancelled
+
+    def model(x, sigma, **extra_args):
+        calls.append(1)
+        return GaussianDenoiser()(x, sigma)
+
+    x = torch.randn(4, 2, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80.0
+    with pytest.raises(Cancelled):
+        distill(model, x, karras(4), K.sample_euler, teacher_factor=5, callback=cancel_at_once)
+    assert calls == [] and seen == [(0, 5 * 3 + 1 + 2 * 4)]

@@ -57,6 +57,8 @@ def main(argv=None) -> None:
     parser.add_argument("--fit-batch", type=int, default=32)
     parser.add_argument("--holdout", type=int, default=12)
     parser.add_argument("--test-batch", type=int, default=128)
+    parser.add_argument("--model", choices=("kde", "demo"), default="kde",
+                        help="kde: the exact denoiser of the digits KDE; demo: the embedded learned digits UNet")
     parser.add_argument("--markdown", metavar="JSONL", help="print the table of an earlier run's output and exit")
     args = parser.parse_args(argv)
     if args.markdown:
@@ -78,12 +80,21 @@ def main(argv=None) -> None:
     from models import KDEDenoiser, digits_data
 
     torch.set_num_threads(1)
-    model = HostLike(KDEDenoiser(digits_data(), bandwidth=0.3), host_model_sampling())
+    torch.set_grad_enabled(False)  # the demo model is an nn.Module
+    if args.model == "demo":
+        from dode_core.demo import load_demo_model
+        from dode_core.demo.model import SIGMA_MAX as sigma_max
+        from dode_core.demo.model import SIGMA_MIN as sigma_min
+
+        denoiser, size = load_demo_model(), 16
+    else:
+        denoiser, size, sigma_min, sigma_max = KDEDenoiser(digits_data(), bandwidth=0.3), 8, SIGMA_MIN, SIGMA_MAX
+    model = HostLike(denoiser, host_model_sampling())
     # float32 latents and sigmas, as ComfyUI passes them (its UniPC cannot take float64)
-    fit_noise = torch.randn(args.fit_batch, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    test_noise = torch.randn(args.test_batch, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    reference_sigmas = comfy_sampling.get_sigmas_karras(400, SIGMA_MIN, SIGMA_MAX)
-    reference = sample_dpmpp_2m_teacher(model, test_noise * SIGMA_MAX, reference_sigmas)
+    fit_noise = torch.randn(args.fit_batch, 1, size, size, generator=torch.Generator().manual_seed(0))
+    test_noise = torch.randn(args.test_batch, 1, size, size, generator=torch.Generator().manual_seed(1))
+    reference_sigmas = comfy_sampling.get_sigmas_karras(400, sigma_min, sigma_max)
+    reference = sample_dpmpp_2m_teacher(model, test_noise * sigma_max, reference_sigmas)
 
     def rmse(final):
         return float((final - reference).square().mean().sqrt())
@@ -99,20 +110,20 @@ def main(argv=None) -> None:
         for calls in args.calls:
             # the step count whose model calls come closest to `calls` without going over
             steps = max(s for s in range(2, calls + 2) if len(probe_call_sigmas(
-                model, fit_noise, comfy_sampling.get_sigmas_karras(s, SIGMA_MIN, SIGMA_MAX), function)[0])
+                model, fit_noise, comfy_sampling.get_sigmas_karras(s, sigma_min, sigma_max), function)[0])
                 <= max(calls, 3))
-            sigmas = comfy_sampling.get_sigmas_karras(steps, SIGMA_MIN, SIGMA_MAX)
-            base = rmse(function(model, test_noise * SIGMA_MAX, sigmas.clone(), extra_args={}, disable=True))
+            sigmas = comfy_sampling.get_sigmas_karras(steps, sigma_min, sigma_max)
+            base = rmse(function(model, test_noise * sigma_max, sigmas.clone(), extra_args={}, disable=True))
             for history in args.history:
                 row = {"sampler": name, "steps": steps, "history": history, "base": base}
                 started = time.perf_counter()
                 try:
-                    lam = distill(model, fit_noise * SIGMA_MAX, sigmas, function,
+                    lam = distill(model, fit_noise * sigma_max, sigmas, function,
                                   history=history if history == "auto" else int(history), holdout=args.holdout)
                 except (SamplerRefusedError, NoGainError) as error:
                     row["refused"] = str(error)
                 else:
-                    row.update(calls=lam.calls, dode=rmse(sample(model, test_noise * SIGMA_MAX, sigmas, function, lam,
+                    row.update(calls=lam.calls, dode=rmse(sample(model, test_noise * sigma_max, sigmas, function, lam,
                                                                  disable=True)),
                                heldout=lam.heldout(), lambda_scale=float(lam.metadata["lambda_scale"]))
                 row["seconds"] = round(time.perf_counter() - started, 2)

@@ -38,7 +38,7 @@ def tiny_unet_config():
     }
 
 
-def build_tiny_model(model_type: str, seed: int):
+def build_tiny_model(model_type: str, seed: int, weight_scale: float = 0.5):
     config = _TinyConfig(tiny_unet_config())
     model = comfy.model_base.BaseModel(config, model_type=MODEL_TYPES[model_type], device=torch.device("cpu"))
     generator = torch.Generator().manual_seed(seed)
@@ -50,7 +50,7 @@ def build_tiny_model(model_type: str, seed: int):
                 param.fill_(1.0)
             else:
                 fan_in = param[0].numel()
-                param.copy_(torch.randn(param.shape, generator=generator) * (0.5 / fan_in ** 0.5))
+                param.copy_(torch.randn(param.shape, generator=generator) * (weight_scale / fan_in ** 0.5))
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
 
@@ -62,10 +62,12 @@ class DODETestTinyModel:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model_type": (list(MODEL_TYPES),), "seed": ("INT", {"default": 0, "min": 0})}}
+        return {"required": {"model_type": (list(MODEL_TYPES),), "seed": ("INT", {"default": 0, "min": 0})},
+                # 0: every matrix is zero, the net predicts no noise, and every ODE sampler is exact
+                "optional": {"weight_scale": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 4.0})}}
 
-    def build(self, model_type, seed):
-        return (build_tiny_model(model_type, seed),)
+    def build(self, model_type, seed, weight_scale=0.5):
+        return (build_tiny_model(model_type, seed, weight_scale),)
 
 
 class DODETestConditioning:
@@ -135,3 +137,30 @@ NODE_CLASS_MAPPINGS = {
     "DODETestShowText": DODETestShowText,
     "DODETestImageStats": DODETestImageStats,
 }
+
+
+# Two extra sampler names in ComfyUI's own lists (in place, as node packs do), to show that the D-ODE dropdown is
+# read from the host at run time and filtered by dode_core: a deterministic copy of Euler must be offered, a
+# noise-injecting one must not.
+def _register_test_samplers():
+    import comfy.k_diffusion.sampling as sampling
+    import comfy.samplers
+
+    def sample_test_euler_copy(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        return sampling.sample_euler(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable)
+
+    def sample_test_noisy_euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        seed = (extra_args or {}).get("seed") or 0
+        generator = torch.Generator().manual_seed(int(seed) + 17)
+        x = x + 0.01 * torch.randn(x.shape, generator=generator).to(x)
+        return sampling.sample_euler(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable)
+
+    for function in (sample_test_euler_copy, sample_test_noisy_euler):
+        setattr(sampling, function.__name__, function)
+        name = function.__name__.removeprefix("sample_")
+        for names in (comfy.samplers.KSAMPLER_NAMES, comfy.samplers.SAMPLER_NAMES):
+            if name not in names:
+                names.append(name)
+
+
+_register_test_samplers()

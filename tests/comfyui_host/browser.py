@@ -1,0 +1,166 @@
+"""ComfyUI's own frontend (the comfyui_frontend_package the server ships) in headless Chromium, driven by selenium.
+
+Chromium and its driver come from Debian (``apt-get install chromium chromium-driver``; .ci/run installs them);
+selenium is told where they are, so it never downloads a browser. Everything runs through the page's own objects
+(``window.app``, ``LiteGraph``): loading a workflow is what opening a file does, queueing is the Queue button.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+CHROMIUM = os.environ.get("DODE_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("DODE_CHROMEDRIVER", "/usr/bin/chromedriver")
+# first-run dialogs that would cover the canvas in screenshots
+SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Validation.Workflows": True, "Comfy.Minimap.Visible": False}
+
+BUILD_JS = """
+const spec = arguments[0];
+app.graph.clear();
+const made = {};
+for (const n of spec.nodes) {
+    const node = LiteGraph.createNode(n.type);
+    if (!node) throw new Error("no node type " + n.type);
+    node.pos = n.pos;
+    app.graph.add(node);
+    if (n.size) node.size = n.size;
+    if (n.title) node.title = n.title;
+    for (const [name, value] of Object.entries(n.widgets || {})) {
+        const widget = (node.widgets || []).find(w => w.name === name);
+        if (!widget) throw new Error(n.type + " has no widget " + name);
+        widget.value = value;
+    }
+    made[n.key] = node;
+}
+for (const [a, out, b, inp] of spec.links) {
+    const src = made[a], dst = made[b];
+    const o = src.outputs.findIndex(s => s.name === out);
+    const i = dst.inputs.findIndex(s => s.name === inp);
+    if (o < 0 || i < 0) throw new Error("no slot " + a + "." + out + " -> " + b + "." + inp);
+    src.connect(o, dst, i);
+}
+app.graph.setDirtyCanvas(true, true);
+return JSON.stringify(app.graph.serialize());
+"""
+
+
+def available() -> str | None:
+    """None when headless Chromium can run here, else why not."""
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not (os.path.isfile(path) or shutil.which(path)):
+            return f"{path} is missing (apt-get install chromium chromium-driver)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -r requirements-comfy-test.txt)"
+    return None
+
+
+class Browser:
+    def __init__(self, server, width: int = 1800, height: int = 1000):
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        for key, value in SETTINGS.items():
+            server.request(f"/settings/{key}", value)
+        options = webdriver.ChromeOptions()
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    f"--window-size={width},{height}", "--hide-scrollbars"):
+            options.add_argument(arg)
+        options.binary_location = CHROMIUM
+        self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        self.server = server
+        self.driver.get(server.url)
+        self.wait_for("!!(window.app && window.app.graph && window.LiteGraph && window.app.canvas)", 120)
+        self.js("document.querySelectorAll('.p-dialog-mask').forEach(e => e.remove())")
+
+    def close(self) -> None:
+        self.driver.quit()
+
+    def js(self, code: str, *args):
+        return self.driver.execute_script(code, *args)
+
+    def wait_for(self, condition: str, timeout: float = 30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.js(f"return {condition}")
+            if value:
+                return value
+            time.sleep(0.25)
+        raise TimeoutError(f"the page never satisfied: {condition}")
+
+    def build(self, spec: dict) -> dict:
+        """Create nodes and links in the page (as a user would from the node menu) and return the workflow the
+        page serialises (the format ComfyUI saves)."""
+        return json.loads(self.js(BUILD_JS, spec))
+
+    def load(self, workflow: dict) -> None:
+        """What opening a workflow file does: app.loadGraphData."""
+        self.driver.set_script_timeout(60)
+        self.driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "app.loadGraphData(arguments[0], true, true, 'test').then(() => done(true), e => done(String(e)));",
+            workflow)
+        time.sleep(0.5)
+
+    def missing_node_types(self) -> list[str]:
+        return self.js("return app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type])"
+                       ".map(n => n.type)")
+
+    def node_types(self) -> list[str]:
+        return self.js("return app.graph._nodes.map(n => n.type)")
+
+    def queue(self, timeout: float = 300.0) -> tuple[dict | None, str | None]:
+        """Press Queue (app.queuePrompt); returns (node errors the server reported, the new prompt's id)."""
+        before = set(self.server.get("/history"))
+        self.driver.set_script_timeout(60)
+        self.driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "app.queuePrompt(0, 1).then(() => done(true), e => done(String(e)));")
+        errors = self.js("return app.lastNodeErrors || null")
+        if errors:
+            return errors, None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            new = set(self.server.get("/history")) - before
+            if new:
+                prompt_id = new.pop()
+                return None, prompt_id
+            time.sleep(0.25)
+        raise TimeoutError("the queued workflow never reached the history")
+
+    def fit_view(self, scale: float | None = None) -> None:
+        """Zoom to show every node (the canvas' own bounds), then redraw."""
+        self.js("""
+            const nodes = app.graph._nodes;
+            const xs = nodes.flatMap(n => [n.pos[0], n.pos[0] + n.size[0]]);
+            const ys = nodes.flatMap(n => [n.pos[1] - 30, n.pos[1] + n.size[1]]);
+            const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+            const canvas = app.canvas.canvas;
+            const [left, top] = [80, 130];  // the side bar, the tab bar and the banner cover the canvas there
+            const width = canvas.clientWidth - left - 20, height = canvas.clientHeight - top - 20;
+            const scale = arguments[0] || Math.min(width / (x1 - x0), height / (y1 - y0), 1);
+            app.canvas.ds.scale = scale;
+            app.canvas.ds.offset = [-x0 + left / scale, -y0 + top / scale];
+            app.canvas.setDirty(true, true);
+            app.canvas.draw(true, true);
+        """, scale)
+        time.sleep(0.5)
+
+    def dismiss_dialogs(self) -> None:
+        """Escape closes the error / info dialogs the page opens (as a user would)."""
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        for _ in range(3):
+            if not self.js("return document.querySelectorAll('.p-dialog-mask').length"):
+                return
+            ActionChains(self.driver).send_keys(Keys.ESCAPE).perform()
+            time.sleep(0.3)
+
+    def screenshot(self, path: str) -> None:
+        self.dismiss_dialogs()
+        self.driver.save_screenshot(path)
