@@ -51,14 +51,20 @@ LAMBDA = 0.1  # any non-zero λ: zero would skip the correction and time nothing
 
 
 class ConvDenoiser:
-    """A k-diffusion-style denoiser over a random conv net: ``D(x, sigma) = x - net(c_in x) * sigma``."""
+    """A k-diffusion-style denoiser over a random conv net: ``D(x, sigma) = x - net(c_in x) * sigma``.
+
+    ReLU, not SiLU: this random net's SiLU runs slower on some inputs than on others (its exp, on the large
+    activations of an untrained net), and D-ODE changes the states the net sees. With SiLU, euler at 30 steps
+    measured a direct ratio of 1.0145, but 0.9998 when the correction was computed and then discarded (same
+    states as the base); with ReLU, 1.0020. The benchmark times D-ODE, not that artefact.
+    """
 
     def __init__(self, depth: int, channels: int = 64, latent_channels: int = LATENT_SHAPE[1]):
         torch.manual_seed(0)
         layers = [torch.nn.Conv2d(latent_channels, channels, 3, padding=1)]
         for _ in range(depth):
-            layers += [torch.nn.SiLU(), torch.nn.Conv2d(channels, channels, 3, padding=1)]
-        layers += [torch.nn.SiLU(), torch.nn.Conv2d(channels, latent_channels, 3, padding=1)]
+            layers += [torch.nn.ReLU(), torch.nn.Conv2d(channels, channels, 3, padding=1)]
+        layers += [torch.nn.ReLU(), torch.nn.Conv2d(channels, latent_channels, 3, padding=1)]
         self.net = torch.nn.Sequential(*layers).eval()
         self.depth = depth
 
@@ -96,10 +102,10 @@ def build_model(min_call_ms: float = MIN_CALL_MS) -> tuple[ConvDenoiser, float]:
     while True:
         model = ConvDenoiser(depth)
         call = functools.partial(model, x, sigma)
-        for _ in range(3):  # warm-up: the first calls allocate
+        for _ in range(10):  # warm-up: the first calls allocate and are slower
             call()
         call_ms = 1e3 * min(seconds(call)[1] for _ in range(9))
-        if call_ms >= min_call_ms:
+        if call_ms >= 1.2 * min_call_ms:  # a margin: calls inside a run measured up to 20% faster
             return model, call_ms
         depth += max(1, depth // 2)
 
