@@ -5,10 +5,20 @@ tests. ``scripts/dode_webui.py`` is the thin adapter that feeds WebUI objects in
 The package name is unique on purpose: A1111 module names are global across extensions.
 """
 
-from .distill_job import DistillRequest, build_file_stem, run_distill_job
+from .distill_job import (
+    DistillProgress,
+    DistillRefusedError,
+    DistillRequest,
+    build_file_stem,
+    heldout_text,
+    parse_distill_request,
+    run_distill_job,
+)
+from .host_rng import hijack_free
 from .lambda_files import (
     LAMBDAS_FOLDER_NAME,
     LambdaResolutionError,
+    Resolution,
     file_hash,
     infotext_fields,
     list_lambda_files,
@@ -16,9 +26,9 @@ from .lambda_files import (
 )
 from .names import (
     DEFAULT_SCHEDULER_NAMES,
-    SAMPLER_TABLE,
     SamplerSpec,
     check_sampler_name,
+    offered_samplers,
     sampler_options,
     spec_for_label,
 )
@@ -27,17 +37,23 @@ from .sampler_fn import RunContext, make_dode_sampler
 __all__ = [
     "DEFAULT_SCHEDULER_NAMES",
     "LAMBDAS_FOLDER_NAME",
-    "SAMPLER_TABLE",
+    "DistillProgress",
+    "DistillRefusedError",
     "DistillRequest",
     "LambdaResolutionError",
+    "Resolution",
     "RunContext",
     "SamplerSpec",
     "build_file_stem",
     "check_sampler_name",
     "file_hash",
+    "heldout_text",
+    "hijack_free",
     "infotext_fields",
     "list_lambda_files",
     "make_dode_sampler",
+    "offered_samplers",
+    "parse_distill_request",
     "resolve_lambdas",
     "run_distill_job",
     "sampler_options",

@@ -3,6 +3,7 @@ overwriting anything. The host supplies the denoiser (WebUI's CFG denoiser), the
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from dataclasses import dataclass, field
@@ -17,20 +18,103 @@ log = logging.getLogger(__name__)
 MAX_TEXT_CHARS = 4000  # prompts are stored for reference only; the file format caps a value at 64k
 
 
+DEFAULT_TEACHER_FACTOR = 10
+MAX_TEACHER_FACTOR = 100
+MAX_TEACHER_STEPS = 2000  # steps x teacher sub-steps: the teacher's run (and the fit's memory) grows with it
+HISTORY_CHOICES = ("1", "2", "3", "auto")
+AUTO = "auto"
+
+
+class DistillRefusedError(ValueError):
+    """The distill job the user asked for cannot run; the message says why and what to do."""
+
+
 @dataclass
 class DistillRequest:
     """What the user asked for in the accordion, plus what the host knows about the run (file metadata).
 
+    teacher: "auto" (dode_core picks it) or the host label of a supported sampler. fit_schedule: let the fit
+    choose the schedule too (the file then carries it). refused: why the job cannot run; the sampler function
+    raises it, where the host shows it (the script runner swallows errors raised in ``process()``).
     metadata: model, model_fingerprint, prompt, negative_prompt, cfg, seed, scheduler, host, ... (strings or
     numbers; stored in the λ file). done: set once a sampler run has used the request, so later batches of
     the same job sample with the new file instead of distilling again.
     """
 
-    teacher_factor: int = 10
+    teacher_factor: int = DEFAULT_TEACHER_FACTOR
     history: int | str = 1
+    teacher: str = AUTO
+    fit_schedule: bool = False
+    refused: str | None = None
     metadata: dict = field(default_factory=dict)
     done: bool = False
     saved_path: str | None = None
+    heldout: str | None = None
+
+
+def parse_int(value, what: str, default: int, low: int, high: int) -> int:
+    """An integer from a UI or API value: None -> ``default``; bools, fractions, non-ASCII digits and values
+    outside ``[low, high]`` raise DistillRefusedError naming ``what``."""
+    if value is None:
+        return default
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isascii():
+        number = None
+    else:
+        try:
+            number = int(float(text)) if float(text).is_integer() else None
+        except (ValueError, OverflowError):
+            number = None
+    if number is None or not low <= number <= high:
+        raise DistillRefusedError(f"Distill λ (D-ODE): {what} must be a whole number from {low} to {high}; got "
+                                  f"{str(value)[:40]!r}.")
+    return number
+
+
+def parse_history(value) -> int | str:
+    """"1", "2", "3" or "auto" (the accordion's choices; the API may send an int); None -> 1."""
+    if value is None:
+        return 1
+    text = str(value).strip().lower()
+    if text == AUTO:
+        return AUTO
+    return parse_int(value, "history terms per call", 1, 1, 8)
+
+
+def parse_distill_request(steps, teacher_factor, history, teacher, fit_schedule, teacher_labels) -> DistillRequest:
+    """The request for a distill over ``steps`` steps from the accordion's (or the API's) values.
+
+    None values take the defaults. ``steps x teacher_factor`` is bounded by MAX_TEACHER_STEPS, so a request
+    cannot make the teacher run (and its memory) grow without bound. teacher: "auto" or one of
+    ``teacher_labels`` (the host labels of the samplers D-ODE supports). Raises DistillRefusedError.
+    """
+    factor = parse_int(teacher_factor, "teacher sub-steps per step", DEFAULT_TEACHER_FACTOR, 1, MAX_TEACHER_FACTOR)
+    steps = parse_int(steps, "steps", 20, 2, MAX_TEACHER_STEPS)
+    if steps * factor > MAX_TEACHER_STEPS:
+        raise DistillRefusedError(
+            f"Distill λ (D-ODE): {steps} steps x {factor} teacher sub-steps = {steps * factor} teacher steps; at most "
+            f"{MAX_TEACHER_STEPS} are allowed. Use at most {MAX_TEACHER_STEPS // steps} sub-steps for {steps} steps, "
+            "or fewer steps."
+        )
+    teacher = AUTO if teacher is None or not str(teacher).strip() else str(teacher).strip()
+    if teacher.lower() == AUTO:
+        teacher = AUTO
+    elif teacher not in teacher_labels:
+        raise DistillRefusedError(f"Distill λ (D-ODE): teacher {teacher[:60]!r} is not one of this host's supported "
+                                  f"samplers; choose auto or one of {', '.join(teacher_labels)}.")
+    return DistillRequest(teacher_factor=factor, history=parse_history(history), teacher=teacher,
+                          fit_schedule=bool(fit_schedule) and str(fit_schedule).lower() != "false")
+
+
+def heldout_text(lam: Lambdas) -> str | None:
+    """"0.1234 -> 0.05678 (D-ODE / base 0.46, 2 held-out latents)", from the file's held-out check, if it has one."""
+    heldout = getattr(lam, "heldout", None)
+    figures = heldout() if callable(heldout) else None
+    if figures is None:
+        return None
+    base, dode, count = figures
+    ratio = f", D-ODE / base {dode / base:.2f}" if base > 0 else ""
+    return f"{base:.4g} -> {dode:.4g} ({count} held-out latents{ratio})"
 
 
 def _slug(text, fallback: str) -> str:
@@ -61,14 +145,21 @@ def file_metadata(request: DistillRequest, reserved=()) -> dict[str, str]:
     return metadata
 
 
-def run_distill_job(model, x, sigmas, base_sampler, folder: str, request: DistillRequest, *, extra_args=None,
-                    options=None, progress=None, check_interrupt=None, file_stem: str | None = None
+def accepts_keyword(function, name: str) -> bool:
+    """Whether ``function`` takes the keyword argument ``name`` (by name or through ``**kwargs``)."""
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def run_distill_job(model, x, sigmas, base_sampler, folder: str, request: DistillRequest, *, teacher_sampler=None,
+                    extra_args=None, options=None, progress=None, check_interrupt=None, file_stem: str | None = None
                     ) -> tuple[str, Lambdas]:
     """Fit λ for ``base_sampler`` on ``sigmas`` from the batch ``x`` with ``model``; save; return (path, λ).
 
-    progress(done, total): after every model evaluation. check_interrupt(): called before it; raise from it to
-    stop the job (nothing is written then). The file goes to ``folder`` under a new name (a counter is added
-    instead of overwriting).
+    teacher_sampler: the teacher's function (None: dode_core's measured default). progress(done, total): after
+    every model evaluation. check_interrupt(): called before it; raise from it to stop the job (nothing is
+    written then). The file goes to ``folder`` under a new name (a counter is added instead of overwriting).
+    A fit that does not beat the base on held-out latents raises dode_core's NoGainError; no file is written.
     """
 
     def on_call(done: int, total: int) -> None:
@@ -77,8 +168,13 @@ def run_distill_job(model, x, sigmas, base_sampler, folder: str, request: Distil
         if progress is not None:
             progress(done, total)
 
+    schedule_fit = {"fit_schedule": True} if request.fit_schedule else {}  # only asked of a core that offers it
+    if schedule_fit and not accepts_keyword(distill, "fit_schedule"):
+        raise DistillRefusedError("Distill λ (D-ODE): this dode_core cannot fit the schedule; untick 'Fit the "
+                                  "schedule too' (or update the extension). No λ file was written.")
     lam = distill(model, x, sigmas, base_sampler, extra_args=extra_args, teacher_factor=request.teacher_factor,
-                  history=request.history, callback=on_call, options=options)
+                  teacher_sampler=teacher_sampler, history=request.history, callback=on_call, options=options,
+                  **schedule_fit)
     if check_interrupt is not None:
         check_interrupt()
     metadata = file_metadata(request, reserved=lam.metadata)
@@ -86,6 +182,31 @@ def run_distill_job(model, x, sigmas, base_sampler, folder: str, request: Distil
                                         len(sigmas) - 1, metadata.get("scheduler", "automatic"),
                                         metadata.get("cfg"), request.history)
     path = lam.save_new(folder, stem, **metadata)
-    request.done, request.saved_path = True, path
-    log.info("D-ODE: distilled %s over %d steps, saved %s", sampler_name(base_sampler), len(sigmas) - 1, path)
+    request.done, request.saved_path, request.heldout = True, path, heldout_text(lam)
+    log.info("D-ODE: distilled %s over %d steps, saved %s; held-out RMSE base -> D-ODE: %s", sampler_name(base_sampler),
+             len(sigmas) - 1, path, request.heldout or "not recorded")
     return path, lam
+
+
+class DistillProgress:
+    """Drives the host's progress fields (``shared.state``) over a distill job's model calls, then hands them
+    back: the host set ``sampling_steps`` / ``sampling_step`` for the sampling run the job runs inside
+    (``Sampler.launch_sampling``), and its callback only moves ``sampling_step`` afterwards."""
+
+    def __init__(self, state):
+        self.state = state
+        self.saved: tuple | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.saved is None:
+            self.saved = (self.state.sampling_steps, self.state.sampling_step, self.state.textinfo)
+        self.state.sampling_steps = total
+        self.state.sampling_step = done
+        self.state.textinfo = f"Distilling λ (D-ODE): model call {done}/{total}"
+
+    def restore(self) -> None:
+        """Back to the sampling run's step total and status text, at its first step."""
+        if self.saved is not None:
+            self.state.sampling_steps, _, self.state.textinfo = self.saved
+            self.state.sampling_step = 0
+            self.saved = None

@@ -8,6 +8,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from dataclasses import dataclass
+
+import torch
 
 from dode_core import LambdaFileError, Lambdas, ScheduleMismatchError, load_lambdas, newest_matching
 from dode_core.lambdas_file import format_sigmas
@@ -78,11 +81,60 @@ def chosen_path(folder: str, choice: str) -> str:
     return os.path.join(folder, name)
 
 
-def resolve_lambdas(folder: str, choice: str | None, base_sampler: str, call_sigmas) -> tuple[str, Lambdas]:
-    """The λ file for a run of ``base_sampler`` whose model calls are at ``call_sigmas``: ``(path, Lambdas)``.
+# A file's schedule may stand in for the host's when the run starts at the same sigma (the start latent is
+# already at that noise level) and, for a file not fitted with its own schedule, has the same steps and every
+# model call within HOST_SIGMA_RTOL of the host's. A1111 takes an SD checkpoint's noise table from its fp16
+# alphas_cumprod and Forge/reForge recompute it, which moves the smallest sigma of SD1.5 from 0.0292 to 0.0313
+# (7%) and every Karras/exponential sigma by less (tests/test_webui.py measures it); schedulers differ by far more.
+START_RTOL = 1e-3
+HOST_SIGMA_RTOL = 0.10
 
-    choice: a file name in ``folder`` (used as is, and refused with both schedules if it does not fit), or
-    None / "" / "auto": the newest file in ``folder`` whose base sampler and call sigmas match the run.
+
+@dataclass
+class Resolution:
+    """The λ file for a run: ``schedule`` is the file's own schedule when the run samples on it instead of the
+    host's sigmas (None: the host's), ``note`` says why (for the infotext and the log)."""
+
+    path: str
+    lam: Lambdas
+    schedule: torch.Tensor | None = None
+    note: str = ""
+
+
+def relative_gap(a, b) -> float:
+    """The largest ``|a_i - b_i| / max(|a_i|, |b_i|)`` over two equally long sigma lists (0 where both are 0)."""
+    gaps = [abs(x - y) / max(abs(x), abs(y)) for x, y in zip(a, b, strict=True) if max(abs(x), abs(y)) > 0]
+    return max(gaps, default=0.0)
+
+
+def own_schedule_note(lam: Lambdas, sigmas, call_sigmas, *, allow_fitted: bool) -> str | None:
+    """Why the run may sample on the file's own schedule instead of ``sigmas``, or None if it may not.
+
+    Fitted schedules (``allow_fitted``): any step count, same start sigma. Other files: same start sigma, same
+    step and call count, every call sigma within HOST_SIGMA_RTOL (the same schedule computed by another host).
+    """
+    schedule = lam.schedule
+    if schedule is None or sigmas is None or len(sigmas) < 2 or len(schedule) < 2:
+        return None
+    first, own_first = float(sigmas[0]), float(schedule[0])
+    if abs(first - own_first) > START_RTOL * max(abs(first), abs(own_first)):
+        return None
+    if lam.schedule_fitted:
+        return f"fitted schedule of the λ file ({len(schedule) - 1} steps)" if allow_fitted else None
+    if len(schedule) != len(sigmas) or len(call_sigmas) != lam.calls:
+        return None
+    gap = relative_gap(call_sigmas, lam.call_sigmas)
+    if gap > HOST_SIGMA_RTOL:
+        return None
+    return f"schedule of the λ file (this host's sigmas differ by up to {100 * gap:.1f}%)"
+
+
+def resolve_lambdas(folder: str, choice: str | None, base_sampler: str, call_sigmas, sigmas=None) -> Resolution:
+    """The λ file for a run of ``base_sampler`` on ``sigmas``, whose model calls are at ``call_sigmas``.
+
+    choice: a file name in ``folder`` (used as is; refused with both schedules if neither the run's nor its
+    own schedule can be used), or None / "" / "auto": the newest file in ``folder`` whose base sampler and
+    call sigmas match the run, else the newest whose own schedule may stand in (own_schedule_note).
     Raises LambdaResolutionError (or ScheduleMismatchError for a named file) with a message for the UI.
     """
     run = f"{base_sampler}, {len(call_sigmas)} calls at {format_sigmas(call_sigmas)}"
@@ -101,19 +153,49 @@ def resolve_lambdas(folder: str, choice: str | None, base_sampler: str, call_sig
                 f"λ file {os.path.basename(path)} was fitted for sampler {lam.base_sampler!r}, not {base_sampler!r} "
                 f"(this run: {run}). Pick the D-ODE sampler it was made for, or another file."
             )
+        if lam.matches(call_sigmas) and not lam.schedule_fitted:
+            return Resolution(path, lam)
+        note = own_schedule_note(lam, sigmas, call_sigmas, allow_fitted=True)
+        if note is not None:
+            return Resolution(path, lam, lam.schedule, note)
+        if lam.matches(call_sigmas):
+            return Resolution(path, lam)
         try:
             lam.check_call_sigmas(call_sigmas)
         except ScheduleMismatchError as error:
             raise ScheduleMismatchError(f"λ file {os.path.basename(path)}: {error}") from None
-        return path, lam
 
     paths = [os.path.join(folder, name) for name in list_lambda_files(folder)]
     try:
         path, lam = newest_matching(paths, base_sampler, call_sigmas, load=load_cached)
     except ScheduleMismatchError as error:
+        near = newest_near_match(paths, base_sampler, sigmas, call_sigmas)
+        if near is not None:
+            return near
         raise LambdaResolutionError(
             f"{error}\n(folder: {folder})\nDistill λ for this checkpoint, scheduler and step count (the 'Distill λ "
             "(D-ODE)' accordion in txt2img), or use the scheduler and steps of one of the files."
         ) from None
     log.info("D-ODE: using λ file %s", os.path.basename(path))
-    return path, lam
+    return Resolution(path, lam)
+
+
+def newest_near_match(paths, base_sampler: str, sigmas, call_sigmas) -> Resolution | None:
+    """The newest file for ``base_sampler`` whose own schedule may stand in for the run's (not a fitted
+    schedule: those are used only when named), or None."""
+    found = []
+    for path in paths:
+        try:
+            lam = load_cached(path)
+        except (LambdaFileError, OSError):
+            continue
+        if lam.base_sampler != base_sampler:
+            continue
+        note = own_schedule_note(lam, sigmas, call_sigmas, allow_fitted=False)
+        if note is not None:
+            found.append((os.stat(path).st_mtime_ns, os.path.basename(path), Resolution(path, lam, lam.schedule, note)))
+    if not found:
+        return None
+    resolution = max(found, key=lambda item: item[:2])[2]
+    log.info("D-ODE: using λ file %s on its %s", os.path.basename(resolution.path), resolution.note)
+    return resolution

@@ -1,4 +1,4 @@
-"""The D-ODE samplers the WebUI shows: display names, k-diffusion base functions and sampler options.
+"""The D-ODE samplers the WebUI shows, derived from the host's own sampler table: names, base functions, options.
 
 A1111 (>= 1.9) splits a trailing scheduler label, name or alias off a sampler name
 (``modules/sd_samplers.py: get_sampler_and_scheduler``, checked at commit c19d044) and silently falls back
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+
+from dode_core.blackbox import sampler_name
 
 # (name, label, aliases) of every scheduler in A1111's modules/sd_schedulers.py (commit 02b0092, 1.10 era),
 # flattened; the host adapter adds whatever the running host lists in sd_schedulers.schedulers.
@@ -33,31 +35,64 @@ DEFAULT_SCHEDULER_NAMES: tuple[str, ...] = (
 ALLOWED_OPTION_KEYS = ("scheduler", "second_order", "discard_next_to_last_sigma")
 
 
+LABEL_PREFIX = "D-ODE "
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
-    """One D-ODE sampler: what the dropdown shows and which deterministic k-diffusion function it corrects."""
+    """One D-ODE sampler: what the dropdown shows and which of the host's deterministic samplers it corrects.
+
+    funcname is the host's own entry: a k-diffusion function name, resolved in the host's sampling module at
+    every run, or the host's callable. base_name is what λ files record as ``base_sampler``.
+    """
 
     label: str  # display name, e.g. "D-ODE Euler"
-    funcname: str  # k-diffusion function, e.g. "sample_euler"
     base_label: str  # the host's own name for the base sampler, e.g. "Euler"
+    funcname: object  # "sample_euler", or a callable from the host's table
+    base_name: str  # "euler"
     aliases: tuple[str, ...] = ()
     options: dict = field(default_factory=dict)
 
-    @property
-    def base_name(self) -> str:
-        """The name λ files record as ``base_sampler`` (``sample_euler`` -> ``euler``)."""
-        return self.funcname.removeprefix("sample_")
 
+def offered_samplers(host_entries, resolve, refusal, scheduler_names=()) -> tuple[list[SamplerSpec], dict[str, str]]:
+    """The D-ODE samplers for the host's own sampler table, and why each other entry is not offered.
 
-# Options mirror the host's own entries for the base (A1111 1.10 modules/sd_samplers_kdiffusion.py).
-SAMPLER_TABLE: tuple[SamplerSpec, ...] = (
-    SamplerSpec("D-ODE Euler", "sample_euler", "Euler", ("dode_euler",), {}),
-    SamplerSpec("D-ODE DPM++ 2M", "sample_dpmpp_2m", "DPM++ 2M", ("dode_dpmpp_2m",), {"scheduler": "karras"}),
-    SamplerSpec("D-ODE Heun", "sample_heun", "Heun", ("dode_heun",), {"second_order": True}),
-    SamplerSpec("D-ODE LMS", "sample_lms", "LMS", ("dode_lms",), {}),
-    SamplerSpec("D-ODE DPM2", "sample_dpm_2", "DPM2", ("dode_dpm_2",),
-                {"scheduler": "karras", "discard_next_to_last_sigma": True, "second_order": True}),
-)
+    host_entries: ``(label, funcname, aliases, options)`` rows as in the host's
+    ``sd_samplers_kdiffusion.samplers_k_diffusion``, read at run time (never a copied list).
+    resolve(funcname): the host's function for the entry, or None when its k-diffusion lacks it.
+    refusal(function): why D-ODE cannot fit it (``dode_core.refusal_reason``), or None.
+    Entries whose function is already offered (e.g. "LMS" and "LMS Karras") are offered once, under the first
+    label. Returns ``(specs, {label: reason})``.
+    """
+    specs: list[SamplerSpec] = []
+    refused: dict[str, str] = {}
+    offered_functions: list = []
+    for label, funcname, _aliases, options in host_entries:
+        function = resolve(funcname)
+        if function is None:
+            refused[label] = "this host's k-diffusion has no such function"
+            continue
+        if any(function is seen for seen in offered_functions):
+            continue
+        try:
+            reason = refusal(function)
+        except Exception as error:  # a host sampler that breaks on the stand-in is not offered; the log says why
+            reason = f"it failed on a stand-in denoiser ({type(error).__name__}: {error})"
+        if reason:
+            refused[label] = reason
+            continue
+        name = LABEL_PREFIX + label
+        try:
+            check_sampler_name(name, scheduler_names)
+        except ValueError as error:
+            refused[label] = str(error)
+            continue
+        base_name = sampler_name(function)
+        offered_functions.append(function)
+        specs.append(SamplerSpec(name, label, funcname, base_name, (f"dode_{base_name}",),
+                                 {key: value for key, value in dict(options or {}).items()
+                                  if key in ALLOWED_OPTION_KEYS}))
+    return specs, refused
 
 
 def check_sampler_name(name: str, scheduler_names=()) -> str:
@@ -77,21 +112,20 @@ def check_sampler_name(name: str, scheduler_names=()) -> str:
     return name
 
 
-def sampler_options(spec: SamplerSpec, host_options: dict | None = None) -> dict:
-    """The options of a D-ODE entry: the spec's, overridden by the host's own entry for the base sampler,
-    limited to ALLOWED_OPTION_KEYS; raises ValueError unless the result is JSON-serialisable."""
-    merged = {key: value for key, value in spec.options.items() if key in ALLOWED_OPTION_KEYS}
-    merged.update({key: value for key, value in (host_options or {}).items() if key in ALLOWED_OPTION_KEYS})
+def sampler_options(spec: SamplerSpec) -> dict:
+    """The options of a D-ODE entry (the host entry's, limited to ALLOWED_OPTION_KEYS); ValueError unless the
+    result is JSON-serialisable (``/sdapi/v1/samplers`` returns it verbatim)."""
+    options = {key: value for key, value in spec.options.items() if key in ALLOWED_OPTION_KEYS}
     try:
-        json.dumps(merged)
+        json.dumps(options)
     except (TypeError, ValueError) as error:
         raise ValueError(f"options of {spec.label!r} are not JSON-serialisable: {error}") from None
-    return merged
+    return options
 
 
-def spec_for_label(label: str, table=SAMPLER_TABLE) -> SamplerSpec | None:
+def spec_for_label(label: str, specs) -> SamplerSpec | None:
     """The D-ODE spec whose display name or base sampler name is ``label`` ("D-ODE Euler" or "Euler")."""
-    for spec in table:
+    for spec in specs:
         if label in (spec.label, spec.base_label):
             return spec
     return None

@@ -1,9 +1,10 @@
 """The function the WebUI calls for a D-ODE sampler: k-diffusion signature, λ chosen per run.
 
 WebUI's ``KDiffusionSampler`` calls ``func(model, x, sigmas=..., extra_args=..., callback=..., disable=False)``
-with its CFG denoiser as ``model`` (A1111 1.6-1.10, Forge old and new backends). The function finds the λ file
-for the sigmas it is given (or distills one, when the run is a distill job), then runs dode_core.sample. It
-draws no random numbers: the base samplers are deterministic and the WebUI seeds the start noise.
+with its CFG denoiser as ``model`` (A1111 1.6-1.10, Forge old and new backends, reForge). The function finds the
+λ file for the sigmas it is given (or distills one, when the run is a distill job), then runs the base sampler
+with λ applied. Probes, replays and the fit run the base sampler ``hijack_free``: only the one real run draws
+from the host's random stream (``p.rng`` through ``TorchHijack``), as many times as the base sampler alone.
 """
 
 from __future__ import annotations
@@ -12,14 +13,21 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dode_core import probe_call_sigmas, sample
+from dode_core import DODEDenoiser, Lambdas, probe_call_sigmas
 from dode_core.blackbox import sampler_name
 
-from .distill_job import DistillRequest, run_distill_job
-from .lambda_files import infotext_fields, resolve_lambdas
+from .distill_job import DistillRefusedError, DistillRequest, run_distill_job
+from .lambda_files import Resolution, infotext_fields, resolve_lambdas
 from .names import SamplerSpec
 
 log = logging.getLogger(__name__)
+
+INFOTEXT_SCHEDULE = "D-ODE schedule"
+INFOTEXT_HELDOUT = "D-ODE held-out RMSE"
+
+
+def _identity(sampler):
+    return sampler
 
 
 @dataclass
@@ -31,7 +39,10 @@ class RunContext:
     distill:         a pending distill request for this run, or None
     infotext:        the dict the infotext keys go to (``p.extra_generation_params``)
     progress:        progress(done, total) during a distill job
+    end_progress:    called when a distill job ends (done or not): hands the progress bar back to the sampling
     check_interrupt: raises to stop a distill job (Interrupt / Skip)
+    teacher_for:     the host's function for a teacher label ("auto" -> None: dode_core's default)
+    hijack_free:     the base sampler as run for probes, replays and the fit (no host random numbers)
     """
 
     folder: str
@@ -39,7 +50,43 @@ class RunContext:
     distill: DistillRequest | None = None
     infotext: dict = field(default_factory=dict)
     progress: Callable[[int, int], None] | None = None
+    end_progress: Callable[[], None] | None = None
     check_interrupt: Callable[[], None] | None = None
+    teacher_for: Callable[[str], Callable | None] = lambda label: None
+    hijack_free: Callable[[Callable], Callable] = _identity
+
+
+def sample_with(model, x, sigmas, base, quiet_base, lam: Lambdas, *, call_sigmas=None, extra_args=None, callback=None,
+                disable=None, **options):
+    """dode_core.sample, with the schedule probe on ``quiet_base`` (no host random numbers; skipped when the
+    caller already probed ``sigmas`` into ``call_sigmas``) and the real run on ``base``: the sigmas are checked
+    against the file before any model call."""
+    if call_sigmas is None:
+        call_sigmas, _ = probe_call_sigmas(model, x, sigmas, quiet_base, extra_args=extra_args, options=options)
+    lam.check_call_sigmas(call_sigmas)
+    return base(DODEDenoiser(model, lam), x, sigmas, extra_args=extra_args or {}, callback=callback, disable=disable,
+                **options)
+
+
+def distill_for_run(context: RunContext, model, x, sigmas, quiet_base, extra_args, options) -> Resolution:
+    """Run the pending distill job of ``context`` (raising its refusal, if any) and return the new file."""
+    request = context.distill
+    if request.refused:
+        raise DistillRefusedError(request.refused)
+    teacher = context.teacher_for(request.teacher)
+    try:
+        path, lam = run_distill_job(model, x, sigmas, quiet_base, context.folder, request,
+                                    teacher_sampler=None if teacher is None else context.hijack_free(teacher),
+                                    extra_args=extra_args, options=options, progress=context.progress,
+                                    check_interrupt=context.check_interrupt)
+    finally:
+        if context.end_progress is not None:
+            context.end_progress()
+    if request.heldout:
+        context.infotext[INFOTEXT_HELDOUT] = request.heldout
+    if lam.schedule_fitted:
+        return Resolution(path, lam, lam.schedule, f"fitted schedule of the λ file ({len(lam.schedule) - 1} steps)")
+    return Resolution(path, lam)
 
 
 def make_dode_sampler(spec: SamplerSpec, base_sampler: Callable[[], Callable], context_for: Callable):
@@ -52,18 +99,21 @@ def make_dode_sampler(spec: SamplerSpec, base_sampler: Callable[[], Callable], c
     def sample_dode(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
         context = context_for(model)
         base = base_sampler()
-        request = context.distill
-        if request is not None and not request.done:
-            path, lam = run_distill_job(model, x, sigmas, base, context.folder, request, extra_args=extra_args,
-                                        options=options, progress=context.progress,
-                                        check_interrupt=context.check_interrupt)
+        quiet_base = context.hijack_free(base)
+        call_sigmas = None
+        if context.distill is not None and not context.distill.done:
+            found = distill_for_run(context, model, x, sigmas, quiet_base, extra_args, options)
         else:
-            call_sigmas, _ = probe_call_sigmas(model, x, sigmas, base, extra_args=extra_args, options=options)
-            path, lam = resolve_lambdas(context.folder, context.choice, sampler_name(base), call_sigmas)
-        context.infotext.update(infotext_fields(path))
-        return sample(model, x, sigmas, base, lam, extra_args=extra_args, callback=callback, disable=disable,
-                      **options)
+            call_sigmas, _ = probe_call_sigmas(model, x, sigmas, quiet_base, extra_args=extra_args, options=options)
+            found = resolve_lambdas(context.folder, context.choice, sampler_name(base), call_sigmas, sigmas)
+        context.infotext.update(infotext_fields(found.path))
+        if found.schedule is not None:
+            sigmas, call_sigmas = found.schedule.to(device=sigmas.device, dtype=sigmas.dtype), None
+            context.infotext[INFOTEXT_SCHEDULE] = found.note
+            log.info("D-ODE: sampling on the %s", found.note)
+        return sample_with(model, x, sigmas, base, quiet_base, found.lam, call_sigmas=call_sigmas,
+                           extra_args=extra_args, callback=callback, disable=disable, **options)
 
     sample_dode.__name__ = sample_dode.__qualname__ = f"sample_dode_{spec.base_name}"
-    sample_dode.__doc__ = f"{spec.label}: k-diffusion {spec.funcname} with fitted D-ODE λ."
+    sample_dode.__doc__ = f"{spec.label}: the host's {spec.base_label} with fitted D-ODE λ."
     return sample_dode

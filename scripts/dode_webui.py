@@ -3,21 +3,29 @@
 WebUI executes this file with the extension root on sys.path, so ``dode_core`` and ``dode_webui`` (the
 host-independent logic) are imported here, at load time. This file only translates WebUI objects:
 
-- registers the D-ODE samplers at import (idempotent: Reload UI re-executes scripts, the registry stays);
+- registers a D-ODE sampler for every sampler of the host's own table that D-ODE can fit (the table is read,
+  never copied; ``dode_core.refusal_reason`` decides), idempotently (Reload UI re-executes scripts);
 - adds the "D-ODE λ file" setting (on_ui_settings);
 - an AlwaysVisible script: the λ file override (txt2img and img2img) and "Distill λ (D-ODE)" (txt2img).
 
+The script runner catches every exception raised in ``Script.process()`` and only logs it
+(``ScriptRunner.process``), so nothing the user must see is raised there: a refused distill is recorded on
+``p`` and raised by the D-ODE sampler function, inside sampling, where the host reports errors to the user.
+
 Written against (read, not copied):
 - A1111 1.10 (commit c19d044): modules/sd_samplers.py (all_samplers, all_samplers_map, set_samplers,
-  functools.cache'd get_sampler_and_scheduler), modules/sd_samplers_common.py (SamplerData, Sampler.initialize
-  sets model_wrap_cfg.p, InterruptedException is a BaseException), modules/sd_samplers_kdiffusion.py
-  (KDiffusionSampler accepts a callable funcname since 1.6), modules/sd_schedulers.py (commit 02b0092).
+  functools.cache'd get_sampler_and_scheduler), modules/sd_samplers_common.py (commit 044494d: SamplerData,
+  Sampler.initialize sets model_wrap_cfg.p and ``k_diffusion.sampling.torch = TorchHijack(p)``,
+  launch_sampling, InterruptedException is a BaseException), modules/sd_samplers_kdiffusion.py
+  (samplers_k_diffusion; KDiffusionSampler accepts a callable funcname since 1.6), modules/scripts.py
+  (ScriptRunner.process: ``except Exception: errors.report(...)``), modules/sd_schedulers.py (commit 02b0092).
 - Forge, old backend (commit 30c8d74, modules/sd_samplers.py: no add_sampler, same registry) and the 2024
   backend (commit 0863765, modules/sd_samplers_kdiffusion.py: sample/sample_img2img call sampling_prepare before
-  and sampling_cleanup after func, sigmas from the predictor, in [0, 1] for flow models); newer Forge's
-  sd_samplers.add_sampler (dedupes by name, rebuilds the map, calls set_samplers) is used when present.
-- reForge: not read file by file here; it keeps A1111's registry and KDiffusionSampler(funcname, model) and
-  resolves *string* funcnames in a module chosen by a setting, which is why callables are passed.
+  and sampling_cleanup after func, sigmas from the predictor, in [0, 1] for flow models; sd_samplers_common.py
+  commit fa9ec8f: the same TorchHijack); newer Forge's sd_samplers.add_sampler is used when present.
+- reForge (commit 7fd4d1f, modules/sd_samplers_common.py): its k-diffusion module is ``k_diff.k_diffusion``
+  or ``ldm_patched.k_diffusion`` by the "sd_sampling" setting, imported there as ``sampling``; the hijack goes
+  on that module, and the D-ODE base functions are looked up in it.
 """
 
 from __future__ import annotations
@@ -26,25 +34,32 @@ import importlib
 import importlib.util
 import logging
 import os
+import types
 
 from modules import script_callbacks, scripts
 
+from dode_core import refusal_reason
 from dode_webui import (
     LAMBDAS_FOLDER_NAME,
-    SAMPLER_TABLE,
+    DistillProgress,
+    DistillRefusedError,
     DistillRequest,
     RunContext,
-    check_sampler_name,
+    hijack_free,
     list_lambda_files,
     make_dode_sampler,
+    offered_samplers,
+    parse_distill_request,
     sampler_options,
     spec_for_label,
 )
+from dode_webui.distill_job import HISTORY_CHOICES
 
 log = logging.getLogger("dode_webui")
 
 OPTION_LAMBDAS_FILE = "dode_lambdas_file"
-HISTORY_CHOICES = ["1", "2", "3", "auto"]
+OFFERED: list = []  # the SamplerSpecs registered from this host's table (filled by register_samplers)
+REFUSED: dict[str, str] = {}  # host label -> why D-ODE does not offer it
 
 
 # ---- paths and host facts -------------------------------------------------------------------------------------
@@ -85,13 +100,38 @@ def host_scheduler_names() -> tuple[str, ...]:
 
 
 def kdiffusion_sampling():
-    """The host's ``k_diffusion.sampling`` (A1111's repository copy, or Forge's vendored one)."""
+    """The k-diffusion sampling module the host's own samplers use and its TorchHijack patches: reForge's
+    ``sd_samplers_common.sampling`` (chosen by its sampling-backend setting) where it exists, else
+    ``k_diffusion.sampling`` (A1111's repository copy, Forge's vendored one)."""
+    from modules import sd_samplers_common
+
+    chosen = getattr(sd_samplers_common, "sampling", None)
+    if isinstance(chosen, types.ModuleType):
+        return chosen
     return importlib.import_module("k_diffusion.sampling")
 
 
-def base_function(funcname: str):
+def resolve_function(funcname):
+    """The host's function for a sampler table entry: the callable itself, or the name in kdiffusion_sampling()."""
+    if callable(funcname):
+        return funcname
+    return getattr(kdiffusion_sampling(), str(funcname), None)
+
+
+def base_function(funcname):
     """Looks the base sampler up per run, in the module the host has patched (TorchHijack, to_d)."""
-    return lambda: getattr(kdiffusion_sampling(), funcname)
+    return lambda: resolve_function(funcname)
+
+
+def refusal(function):
+    """Why D-ODE cannot fit the host's ``function`` (run hijack-free: the check must not draw from a job's RNG)."""
+    return refusal_reason(hijack_free(function))
+
+
+def teacher_function(label: str):
+    """The host's function for a teacher label from the accordion; None for "auto" (dode_core chooses)."""
+    spec = spec_for_label(label, OFFERED) if label and label != "auto" else None
+    return None if spec is None else resolve_function(spec.funcname)
 
 
 # ---- one sampler run ------------------------------------------------------------------------------------------
@@ -102,15 +142,6 @@ def check_interrupt() -> None:
 
     if shared.state.interrupted or shared.state.skipped:
         raise sd_samplers_common.InterruptedException
-
-
-def report_progress(done: int, total: int) -> None:
-    """Drives WebUI's progress bar over the teacher + student model calls of a distill job."""
-    from modules import shared
-
-    shared.state.sampling_steps = total
-    shared.state.sampling_step = done
-    shared.state.textinfo = f"Distilling λ (D-ODE): model call {done}/{total}"
 
 
 def first(values, fallback):
@@ -144,15 +175,17 @@ def run_context(model) -> RunContext:
     p = getattr(model, "p", None)
     choice = getattr(p, "dode_lambdas", None) or shared.opts.data.get(OPTION_LAMBDAS_FILE, "auto")
     request = getattr(p, "dode_distill", None)
-    if request is not None and getattr(p, "is_hr_pass", False):
+    if request is not None and getattr(p, "is_hr_pass", False) and not request.refused:
         request = None  # the hires pass samples with λ for its own schedule; it is not distilled
     if request is not None and request.done:
         choice, request = os.path.basename(request.saved_path), None  # later batches use the new file
     if request is not None:
         request.metadata.update(run_metadata(p))
     infotext = p.extra_generation_params if p is not None else {}
+    progress = DistillProgress(shared.state)
     return RunContext(folder=lambdas_folder(), choice=choice, distill=request, infotext=infotext,
-                      progress=report_progress, check_interrupt=check_interrupt)
+                      progress=progress, end_progress=progress.restore, check_interrupt=check_interrupt,
+                      teacher_for=teacher_function, hijack_free=hijack_free)
 
 
 # ---- registration ---------------------------------------------------------------------------------------------
@@ -168,16 +201,9 @@ def make_constructor(func):
     return construct
 
 
-def host_base_options(all_samplers, base_label: str) -> dict:
-    """The options of the host's own entry for the base sampler ("Euler", "DPM++ 2M", ...), if it has one."""
-    for data in all_samplers:
-        if data.name == base_label:
-            return dict(data.options or {})
-    return {}
-
-
 def register_samplers() -> list[str]:
-    """Add the D-ODE samplers WebUI's k-diffusion provides to the registry; return the names registered now.
+    """Add a D-ODE sampler for every entry of the host's sampler table that D-ODE can fit; return the names
+    registered now. The table (``sd_samplers_kdiffusion.samplers_k_diffusion``) is read here, never copied.
 
     Idempotent: names already present are left alone. Uses sd_samplers.add_sampler where it exists (newer
     Forge); else appends to all_samplers, rebuilds all_samplers_map in place and calls set_samplers(). Clears
@@ -188,20 +214,21 @@ def register_samplers() -> list[str]:
     if not hasattr(sd_samplers_common, "Sampler"):
         log.error("D-ODE samplers need A1111 1.6 or newer (or Forge / reForge); none registered.")
         return []
-    sampling = kdiffusion_sampling()
-    scheduler_names = host_scheduler_names()
+    from modules import sd_samplers_kdiffusion
+
+    specs, refused = offered_samplers(sd_samplers_kdiffusion.samplers_k_diffusion, resolve_function, refusal,
+                                      host_scheduler_names())
+    OFFERED[:] = specs
+    REFUSED.clear()
+    REFUSED.update(refused)
     present = {data.name for data in sd_samplers.all_samplers}
     new = []
-    for spec in SAMPLER_TABLE:
-        if not hasattr(sampling, spec.funcname):
-            log.info("D-ODE: this host's k-diffusion has no %s; %s not offered", spec.funcname, spec.label)
-            continue
-        check_sampler_name(spec.label, scheduler_names)
+    for spec in specs:
         if spec.label in present:
             continue
         func = make_dode_sampler(spec, base_function(spec.funcname), run_context)
-        options = sampler_options(spec, host_base_options(sd_samplers.all_samplers, spec.base_label))
-        new.append(sd_samplers_common.SamplerData(spec.label, make_constructor(func), list(spec.aliases), options))
+        new.append(sd_samplers_common.SamplerData(spec.label, make_constructor(func), list(spec.aliases),
+                                                  sampler_options(spec)))
 
     add_sampler = getattr(sd_samplers, "add_sampler", None)
     if callable(add_sampler):
@@ -218,6 +245,8 @@ def register_samplers() -> list[str]:
         cache_clear()
     if new:
         log.info("D-ODE: registered %s", ", ".join(data.name for data in new))
+    for label, reason in refused.items():
+        log.info("D-ODE: no D-ODE entry for %s: %s", label, reason)
     return [data.name for data in new]
 
 
@@ -240,26 +269,48 @@ def on_ui_settings() -> None:
 
 # ---- the script: λ override and the distill job ---------------------------------------------------------------
 
-def parse_history(value) -> int | str:
-    return "auto" if str(value) == "auto" else int(value)
+def distill_request(p, teacher_factor, history, teacher, fit_schedule, img2img=False) -> DistillRequest:
+    """Turn this txt2img run into a distill job: the sampler becomes the D-ODE one of its base.
 
-
-def prepare_distill(p, teacher_factor, history) -> DistillRequest:
-    """Turn this txt2img run into a distill job: the sampler becomes the D-ODE one of its base."""
-    spec = spec_for_label(p.sampler_name)
-    if spec is None:
-        names = ", ".join(f"{s.label} / {s.base_label}" for s in SAMPLER_TABLE)
-        raise ValueError(f"Distill λ (D-ODE): sampler {p.sampler_name!r} cannot be distilled; pick one of {names}.")
+    Never raises: what cannot run becomes ``request.refused`` and the run is pointed at a D-ODE sampler whose
+    function raises it inside sampling, where the host shows errors (the script runner only logs errors from
+    ``process()``). The bounds and defaults apply to the API's values as much as to the accordion's.
+    """
+    sampler = getattr(p, "sampler_name", None) or ""
+    spec = spec_for_label(sampler, OFFERED)
+    try:
+        if img2img:
+            raise DistillRefusedError("Distill λ (D-ODE) runs in txt2img: the fit starts from pure noise. Untick it "
+                                      "here (the API: send false) and distill in txt2img; no λ file was written.")
+        if spec is None:
+            reason = REFUSED.get(sampler) or "it is not in this host's sampler table"
+            names = ", ".join(s.base_label for s in OFFERED) or "none on this host"
+            raise DistillRefusedError(f"Distill λ (D-ODE): sampler {sampler!r} cannot be distilled: {reason}. Pick "
+                                      f"one of {names} (or its D-ODE entry); no λ file was written.")
+        request = parse_distill_request(getattr(p, "steps", None), teacher_factor, history, teacher, fit_schedule,
+                                        [s.base_label for s in OFFERED])
+    except DistillRefusedError as error:
+        log.error("%s", error)
+        request = DistillRequest(refused=str(error))
+        spec = spec or (OFFERED[0] if OFFERED else None)
+        if spec is None:
+            return request  # no D-ODE sampler on this host: nothing can carry the message; the log has it
     if p.sampler_name != spec.label:
         log.info("D-ODE: distilling %s as %s", p.sampler_name, spec.label)
         p.sampler_name = spec.label
-    request = DistillRequest(teacher_factor=int(teacher_factor), history=parse_history(history))
-    p.extra_generation_params["D-ODE distill"] = f"teacher x{request.teacher_factor}, history {request.history}"
+    if not request.refused:
+        schedule = ", fitted schedule" if request.fit_schedule else ""
+        p.extra_generation_params["D-ODE distill"] = (f"teacher {request.teacher} x{request.teacher_factor}, "
+                                                      f"history {request.history}{schedule}")
     return request
 
 
 class DodeScript(scripts.Script):
-    """The accordion: λ file override (both tabs) and "Distill λ (D-ODE)" (txt2img)."""
+    """The accordion: λ file override (both tabs) and "Distill λ (D-ODE)" (txt2img).
+
+    Script args (UI and ``alwayson_scripts``): [λ file, distill, teacher sub-steps, history, teacher,
+    fit schedule]; missing or None values take the defaults.
+    """
 
     def title(self):
         return "D-ODE"
@@ -277,13 +328,21 @@ class DodeScript(scripts.Script):
                                         "run; batch size = fit batch)", value=False, visible=not is_img2img)
             teacher_factor = gr.Slider(minimum=2, maximum=20, step=1, value=10, label="Teacher sub-steps per step",
                                        visible=not is_img2img)
-            history = gr.Dropdown(HISTORY_CHOICES, value="1", label="History terms per call", visible=not is_img2img)
+            history = gr.Dropdown(list(HISTORY_CHOICES), value="1", label="History terms per call",
+                                  visible=not is_img2img)
+            teacher = gr.Dropdown(["auto", *[spec.base_label for spec in OFFERED]], value="auto", label="Teacher",
+                                  visible=not is_img2img)
+            fit_schedule = gr.Checkbox(label="Fit the schedule too (the λ file then carries its own sigmas)",
+                                       value=False, visible=not is_img2img)
         self.infotext_fields = [(override, "D-ODE lambdas")]
-        return [override, distill, teacher_factor, history]
+        return [override, distill, teacher_factor, history, teacher, fit_schedule]
 
-    def process(self, p, override="", distill=False, teacher_factor=10, history="1"):
-        p.dode_lambdas = (override or "").strip() or None
-        p.dode_distill = prepare_distill(p, teacher_factor, history) if distill and not self.is_img2img else None
+    def process(self, p, override="", distill=False, teacher_factor=10, history="1", teacher="auto",
+                fit_schedule=False, *_more):
+        p.dode_lambdas = str(override or "").strip() or None
+        wanted = bool(distill) and str(distill).lower() != "false"
+        p.dode_distill = (distill_request(p, teacher_factor, history, teacher, fit_schedule, self.is_img2img)
+                          if wanted else None)
 
 
 try:

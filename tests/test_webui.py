@@ -4,22 +4,29 @@ options, λ file resolution, infotext fields, the D-ODE sampler function and the
 import hashlib
 import json
 import os
+import re
+import types
 
 import pytest
 import torch
 
 from dode_core import Lambdas, ScheduleMismatchError, distill, load_lambdas, sample
 from dode_webui import (
-    SAMPLER_TABLE,
+    DistillProgress,
+    DistillRefusedError,
     DistillRequest,
     LambdaResolutionError,
     RunContext,
     build_file_stem,
     check_sampler_name,
     file_hash,
+    heldout_text,
+    hijack_free,
     infotext_fields,
     list_lambda_files,
     make_dode_sampler,
+    offered_samplers,
+    parse_distill_request,
     resolve_lambdas,
     run_distill_job,
     sampler_options,
@@ -51,17 +58,53 @@ def fitted(K, sigmas, sampler="sample_euler"):
     return distill(GaussianDenoiser(), noise() * sigmas[0], sigmas, getattr(K, sampler), teacher_factor=4)
 
 
+HOST_TABLE = [  # rows shaped like a host's sd_samplers_kdiffusion.samplers_k_diffusion
+    ("DPM++ 2M", "sample_dpmpp_2m", ["k_dpmpp_2m"], {"scheduler": "karras", "brownian_noise": True}),
+    ("Euler a", "sample_euler_ancestral", ["k_euler_a"], {"uses_ensd": True}),
+    ("Euler", "sample_euler", ["k_euler"], {}),
+    ("Euler Karras", "sample_euler", ["k_euler_ka"], {"scheduler": "karras"}),
+    ("Heun", "sample_heun", ["k_heun"], {"second_order": True}),
+    ("Missing", "sample_nothing", [], {}),
+]
+
+
+@pytest.fixture
+def specs(K):
+    def refusal(function):
+        return "injects noise" if "ancestral" in function.__name__ else None
+
+    return offered_samplers(HOST_TABLE, lambda name: getattr(K, name, None), refusal)[0]
+
+
 def spec(label):
-    return spec_for_label(label)
+    import k_diffusion.sampling as sampling
+
+    found, _ = offered_samplers(HOST_TABLE, lambda name: getattr(sampling, name, None), lambda function: None)
+    return spec_for_label(label, found)
 
 
 # ---- names and options -----------------------------------------------------------------------------------------
 
-def test_every_table_name_survives_the_scheduler_split():
-    labels = [s.label for s in SAMPLER_TABLE]
-    assert {"D-ODE Euler", "D-ODE DPM++ 2M", "D-ODE Heun"} <= set(labels)
-    for label in labels:
-        assert check_sampler_name(label) == label
+def test_the_offer_is_the_hosts_table_minus_what_d_ode_cannot_fit(K):
+    def refusal(function):
+        return "injects noise" if "ancestral" in function.__name__ else None
+
+    found, refused = offered_samplers(HOST_TABLE, lambda name: getattr(K, name, None), refusal,
+                                      scheduler_names=("karras", "Karras"))
+    assert [(s.label, s.base_label, s.base_name, s.aliases) for s in found] == [
+        ("D-ODE DPM++ 2M", "DPM++ 2M", "dpmpp_2m", ("dode_dpmpp_2m",)),
+        ("D-ODE Euler", "Euler", "euler", ("dode_euler",)),  # "Euler Karras" is the same function: offered once
+        ("D-ODE Heun", "Heun", "heun", ("dode_heun",)),
+    ]
+    assert refused == {"Euler a": "injects noise", "Missing": "this host's k-diffusion has no such function"}
+
+
+def test_a_sampler_that_breaks_on_the_stand_in_is_not_offered(K):
+    def refusal(function):
+        raise RuntimeError("boom")
+
+    found, refused = offered_samplers(HOST_TABLE[2:3], lambda name: getattr(K, name), refusal)
+    assert found == [] and refused == {"Euler": "it failed on a stand-in denoiser (RuntimeError: boom)"}
 
 
 @pytest.mark.parametrize("name", ["D-ODE Euler Karras", "D-ODE Euler simple", "D-ODE SGMUniform",
@@ -77,21 +120,20 @@ def test_the_hosts_own_scheduler_labels_are_checked_too():
         check_sampler_name("D-ODE Euler Turbo", scheduler_names=("turbo", "Turbo"))
 
 
-def test_options_are_json_safe_and_follow_the_hosts_entry_for_the_base():
-    heun = spec("D-ODE Heun")
+def test_options_are_json_safe_and_follow_the_hosts_entry_for_the_base(specs):
+    heun = spec_for_label("Heun", specs)
     assert sampler_options(heun) == {"second_order": True}
-    merged = sampler_options(spec("D-ODE DPM++ 2M"), {"scheduler": "exponential", "brownian_noise": True,
-                                                      "uses_ensd": True})
-    assert merged == {"scheduler": "exponential"}  # noise options of a host entry are never copied
-    json.dumps([sampler_options(s) for s in SAMPLER_TABLE])
+    assert sampler_options(spec_for_label("DPM++ 2M", specs)) == {"scheduler": "karras"}  # never brownian_noise
+    json.dumps([sampler_options(s) for s in specs])
     with pytest.raises(ValueError, match="JSON"):
-        sampler_options(heun, {"scheduler": object()})
+        sampler_options(type(heun)(heun.label, heun.base_label, heun.funcname, heun.base_name, (),
+                                   {"scheduler": object()}))
 
 
-def test_spec_lookup_by_d_ode_name_or_base_name():
-    assert spec_for_label("Euler").label == "D-ODE Euler"
-    assert spec_for_label("D-ODE DPM++ 2M").base_name == "dpmpp_2m"
-    assert spec_for_label("Euler a") is None
+def test_spec_lookup_by_d_ode_name_or_base_name(specs):
+    assert spec_for_label("Euler", specs).label == "D-ODE Euler"
+    assert spec_for_label("D-ODE DPM++ 2M", specs).base_name == "dpmpp_2m"
+    assert spec_for_label("Euler a", specs) is None
 
 
 # ---- λ resolution ------------------------------------------------------------------------------------------------
@@ -108,10 +150,10 @@ def folder(tmp_path, K, karras):
 
 
 def test_auto_picks_the_file_whose_sampler_and_schedule_match(folder, karras):
-    path, lam = resolve_lambdas(folder, "auto", "euler", karras(6)[:-1].tolist())
-    assert os.path.basename(path) == "euler_6.safetensors" and lam.calls == 6
-    path, _ = resolve_lambdas(folder, None, "dpmpp_2m", karras(6)[:-1].tolist())
-    assert os.path.basename(path) == "dpmpp_2m_6.safetensors"
+    found = resolve_lambdas(folder, "auto", "euler", karras(6)[:-1].tolist())
+    assert os.path.basename(found.path) == "euler_6.safetensors" and found.lam.calls == 6 and found.schedule is None
+    found = resolve_lambdas(folder, None, "dpmpp_2m", karras(6)[:-1].tolist())
+    assert os.path.basename(found.path) == "dpmpp_2m_6.safetensors"
 
 
 def test_auto_takes_the_newest_of_several_matches(folder, karras):
@@ -119,8 +161,7 @@ def test_auto_takes_the_newest_of_several_matches(folder, karras):
     with open(os.path.join(folder, "euler_6.safetensors"), "rb") as source, open(newer, "wb") as target:
         target.write(source.read())
     os.utime(newer, ns=(2_000_000_000 * 10**9,) * 2)
-    path, _ = resolve_lambdas(folder, "", "euler", karras(6)[:-1].tolist())
-    assert path == newer
+    assert resolve_lambdas(folder, "", "euler", karras(6)[:-1].tolist()).path == newer
 
 
 def test_no_match_lists_every_file_with_its_schedule_and_the_run(folder, karras):
@@ -233,7 +274,8 @@ def test_the_distill_job_writes_a_valid_file_with_the_run_metadata(tmp_path, K, 
     assert (meta["base_sampler"], meta["steps"], meta["prompt"], meta["negative_prompt"], meta["cfg"], meta["seed"],
             meta["scheduler"], meta["model"]) == ("euler", "5", "a cat", "blurry", "7.0", "1234", "Karras", "sd15 test")
     total = progress[-1][1]
-    assert progress == [(done, total) for done in range(1, total + 1)] and total == 4 * 5 + 5
+    # dode_core reports 0 of total before the first model call, then every call (teacher, student, held-out runs)
+    assert progress == [(done, total) for done in range(total + 1)] and total > 4 * 5 + 5
     assert job.done and job.saved_path == path
 
 
@@ -283,7 +325,151 @@ def test_a_distill_request_in_the_sampler_function_fits_saves_and_samples_with_t
     func = make_dode_sampler(spec("D-ODE Euler"), lambda: K.sample_euler, lambda model: context)
     got = func(FakeCFGDenoiser(), x, sigmas, extra_args=dict(EXTRA_ARGS))
     assert job.done and list_lambda_files(str(tmp_path)) == [os.path.basename(job.saved_path)]
-    expected = sample(FakeCFGDenoiser(), x, sigmas, K.sample_euler, load_lambdas(job.saved_path),
-                      extra_args=dict(EXTRA_ARGS))
+    job_file = load_lambdas(job.saved_path)
+    expected = sample(FakeCFGDenoiser(), x, sigmas, K.sample_euler, job_file, extra_args=dict(EXTRA_ARGS))
     assert torch.equal(got, expected)
-    assert context.infotext == infotext_fields(job.saved_path)
+    assert context.infotext == {**infotext_fields(job.saved_path), "D-ODE held-out RMSE": heldout_text(job_file)}
+    assert re.fullmatch(r"0\.\d+ -> \S+ \(2 held-out latents, D-ODE / base 0\.\d\d\)", heldout_text(job_file))
+
+
+# ---- distill arguments, progress, the host's random stream -----------------------------------------------------------
+
+def test_distill_arguments_take_defaults_for_none_and_are_bounded():
+    request = parse_distill_request(20, None, None, None, None, ["Euler", "Heun"])
+    fields = ("teacher_factor", "history", "teacher", "fit_schedule")
+    assert [getattr(request, name) for name in fields] == [10, 1, "auto", False]
+    request = parse_distill_request(8, "12", "auto", "Heun", True, ["Euler", "Heun"])
+    assert [getattr(request, name) for name in fields] == [12, "auto", "Heun", True]
+    for factor in (0, 101, 2.5, True, "٤", "1e400", "nan", 10**400):
+        with pytest.raises(DistillRefusedError, match="sub-steps per step must be a whole number from 1 to 100"):
+            parse_distill_request(20, factor, 1, "auto", False, [])
+    with pytest.raises(DistillRefusedError, match=r"30 steps x 100 teacher sub-steps = 3000 teacher steps; at most"):
+        parse_distill_request(30, 100, 1, "auto", False, [])
+    with pytest.raises(DistillRefusedError, match="teacher 'DDIM' is not one of"):
+        parse_distill_request(20, 10, 1, "DDIM", False, ["Euler"])
+
+
+def test_progress_is_handed_back_after_a_distill():
+    state = types.SimpleNamespace(sampling_steps=6, sampling_step=0, textinfo=None)
+    progress = DistillProgress(state)
+    progress(3, 30)
+    assert (state.sampling_step, state.sampling_steps) == (3, 30)
+    assert state.textinfo == "Distilling λ (D-ODE): model call 3/30"
+    progress.restore()
+    assert (state.sampling_step, state.sampling_steps, state.textinfo) == (0, 6, None)
+    progress.restore()  # idempotent
+    assert state.sampling_steps == 6
+
+
+def test_hijack_free_runs_the_sampler_on_the_real_torch_and_puts_the_hosts_object_back(K):
+    class Hijack:  # WebUI's TorchHijack: randn_like from the job's generator
+        def __init__(self):
+            self.draws = 0
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        def randn_like(self, x):
+            self.draws += 1
+            return torch.zeros_like(x)
+
+    hijack = Hijack()
+    K.torch = hijack
+    try:
+        quiet = hijack_free(K.sample_euler)
+        assert quiet.__name__ == "sample_euler"
+        x = torch.ones(1, 1, 2, 2)
+        quiet(GaussianDenoiser(), x, torch.tensor([1.0, 0.5, 0.0]), disable=True)
+        assert hijack.draws == 0 and K.torch is hijack
+        K.sample_euler(GaussianDenoiser(), x, torch.tensor([1.0, 0.5, 0.0]), disable=True)
+        assert hijack.draws == 2  # the host's own run draws once per step
+        with pytest.raises(TypeError):
+            quiet(GaussianDenoiser(), x, None, disable=True)
+        assert K.torch is hijack
+    finally:
+        K.torch = torch
+
+
+def test_the_host_sigma_tolerance_separates_hosts_from_schedulers(K):
+    """SD1.5's noise table from fp16 alphas_cumprod (A1111) vs recomputed (Forge/reForge): the largest call-sigma
+    gap for Karras, exponential and uniform schedules of 3 to 60 steps is 6.71%; two different schedulers at the
+    same steps differ by at least 21%. HOST_SIGMA_RTOL (10%) lies between."""
+    from k_diffusion.external import DiscreteSchedule
+
+    from dode_webui.lambda_files import HOST_SIGMA_RTOL, relative_gap
+
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1 - betas, 0)
+    tables = [((1 - acp) / acp) ** 0.5 for acp in (alphas_cumprod.half().double(), alphas_cumprod)]
+    assert [round(float(t[0]), 5) for t in tables] == [0.03127, 0.02917]
+
+    def schedules(table, steps):
+        low, high = float(table[0]), float(table[-1])
+        return [K.get_sigmas_karras(steps, low, high).double(), K.get_sigmas_exponential(steps, low, high).double(),
+                DiscreteSchedule(table.float(), quantize=False).get_sigmas(steps).double()]
+
+    host_gap, scheduler_gap = 0.0, 1.0
+    for steps in range(3, 61):
+        a1111, forge = schedules(tables[0], steps), schedules(tables[1], steps)
+        host_gap = max(host_gap, *(relative_gap(a[:-1].tolist(), f[:-1].tolist())
+                                   for a, f in zip(a1111, forge, strict=True)))
+        scheduler_gap = min(scheduler_gap, *(relative_gap(forge[i][:-1].tolist(), forge[j][:-1].tolist())
+                                             for i, j in ((0, 1), (0, 2), (1, 2))))
+    assert round(host_gap, 4) == 0.0671 and scheduler_gap > 0.21
+    assert host_gap < HOST_SIGMA_RTOL < scheduler_gap
+
+
+def test_held_out_figures_are_shown_when_the_file_has_them(K, karras):
+    lam = fitted(K, karras(4))
+    plain = Lambdas(lam.lambdas, lam.call_sigmas,
+                    {key: value for key, value in lam.metadata.items() if not key.startswith("heldout")})
+    assert heldout_text(plain) is None
+    proved = Lambdas(lam.lambdas, lam.call_sigmas, {**plain.metadata, "heldout_rmse_base": "0.25",
+                                                    "heldout_rmse_dode": "0.05", "heldout_count": "2"})
+    assert heldout_text(proved) == "0.25 -> 0.05 (2 held-out latents, D-ODE / base 0.20)"
+
+
+def test_a_refused_request_raises_in_the_sampler_function_before_any_model_call(tmp_path, K, karras):
+    model = FakeCFGDenoiser()
+    context = RunContext(folder=str(tmp_path), distill=DistillRequest(refused="Distill λ (D-ODE): no."))
+    func = make_dode_sampler(spec("D-ODE Euler"), lambda: K.sample_euler, lambda model: context)
+    with pytest.raises(DistillRefusedError, match=r"^Distill λ \(D-ODE\): no\.$"):
+        func(model, noise() * 80, karras(4), extra_args=dict(EXTRA_ARGS))
+    assert model.calls == 0 and os.listdir(tmp_path) == []
+
+
+def test_a_file_shared_between_hosts_is_as_good_as_a_refit(K):
+    """Issue 11 point 5, measured on the digits KDE denoiser: an A1111-fitted file (SD1.5 sigma_min 0.03127) used
+    in Forge (0.02917) samples on its own schedule; held-out RMSE to a converged run is within 5% of a Forge
+    refit's, and below the base sampler's on Forge's sigmas (6 Euler steps, fit batch 8: 0.1862 shared, 0.1824
+    refit, 0.2075 base)."""
+    from models import KDEDenoiser, digits_data
+
+    model = KDEDenoiser(digits_data(), bandwidth=0.05)
+    generator = torch.Generator().manual_seed(0)
+    fit_noise = torch.randn(8, 1, 8, 8, generator=generator, dtype=torch.float64) * 14.6146
+    test_noise = torch.randn(32, 1, 8, 8, generator=generator, dtype=torch.float64) * 14.6146
+    reference = K.sample_heun(model, test_noise, K.get_sigmas_karras(100, 0.002, 14.6146).double(), disable=True)
+    a1111, forge = (K.get_sigmas_karras(6, low, 14.6146).double() for low in (0.03127, 0.02917))
+
+    def rmse(out):
+        return float((out - reference).pow(2).mean().sqrt())
+
+    shared = rmse(sample(model, test_noise, a1111, K.sample_euler, distill(model, fit_noise, a1111, K.sample_euler)))
+    refit = rmse(sample(model, test_noise, forge, K.sample_euler, distill(model, fit_noise, forge, K.sample_euler)))
+    base = rmse(K.sample_euler(model, test_noise, forge, disable=True))
+    assert abs(shared - refit) < 0.05 * refit and shared < 0.9 * base, (shared, refit, base)
+
+
+def test_a_schedule_fit_asked_of_a_core_without_it_is_refused_clearly(tmp_path, K, karras, monkeypatch):
+    import dode_webui.distill_job as job
+
+    def old_distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, teacher_sampler=None,
+                    history=1, callback=None, options=None):
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(job, "distill", old_distill)
+    request = DistillRequest(teacher_factor=4, fit_schedule=True)
+    with pytest.raises(DistillRefusedError, match="this dode_core cannot fit the schedule; untick"):
+        run_distill_job(GaussianDenoiser(), noise() * 80, karras(4), K.sample_euler, str(tmp_path), request)
+    assert os.listdir(tmp_path) == []

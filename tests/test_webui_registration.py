@@ -1,6 +1,13 @@
-"""scripts/dode_webui.py against a minimal stand-in of the WebUI modules it touches (tests/webui_stub/, each file
-naming the real file and version it mirrors): sampler registration, the settings, the script's distill
-preparation, and one sampler run through the constructed KDiffusionSampler's function."""
+"""scripts/dode_webui.py inside a stand-in of the WebUI (tests/webui_stub/): registration from the host's own
+sampler table, the settings, and whole jobs through the mirrored ScriptRunner, processing loop, ImageRNG,
+KDiffusionSampler and TorchHijack.
+
+A real A1111, Forge or reForge cannot be installed in CI: none is on PyPI and each clones GitHub repositories
+when it first starts. The stand-in mirrors what those hosts do where it matters to the extension, each file
+naming the source file and commit it mirrors (tests/webui_stub/README.md): the script runner swallows errors
+raised in process(), launch_sampling sets the progress fields, initialize installs TorchHijack(p) on the
+k-diffusion module (reForge: the module its setting chose), and every batch gets a fresh ImageRNG.
+"""
 
 import importlib.util
 import json
@@ -11,33 +18,65 @@ import types
 import pytest
 import torch
 
-from dode_core import load_lambdas, sample
+from dode_core import Lambdas, distill, load_lambdas, sample
 from models import GaussianDenoiser
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 STUB = os.path.join(TESTS, "webui_stub")
 SCRIPT = os.path.join(os.path.dirname(TESTS), "scripts", "dode_webui.py")
-D_ODE_NAMES = ["D-ODE Euler", "D-ODE DPM++ 2M", "D-ODE Heun", "D-ODE LMS", "D-ODE DPM2"]
+# the host table's deterministic samplers, in the host's order (tests/webui_stub/modules/sd_samplers_kdiffusion.py)
+D_ODE_NAMES = ["D-ODE DPM++ 2M", "D-ODE Euler", "D-ODE LMS", "D-ODE Heun", "D-ODE DPM2"]
+A1111_SIGMA_MIN, FORGE_SIGMA_MIN, SIGMA_MAX = 0.03127, 0.02917, 14.6146  # SD1.5: fp16 table vs recomputed
+REFORGE_MODULES = ("k_diff.k_diffusion.sampling", "ldm_patched.k_diffusion.sampling")
+
+
+class SDModel(GaussianDenoiser):
+    """shared.sd_model of the stand-in: an exact denoiser with an SD1.5-like sigma range."""
+
+    def __init__(self, sigma_min=A1111_SIGMA_MIN, sigma_max=SIGMA_MAX):
+        super().__init__()
+        self.sigma_min, self.sigma_max, self.calls = sigma_min, sigma_max, 0
+
+    def __call__(self, x, sigma, **extra_args):
+        self.calls += 1
+        return super().__call__(x, sigma)
 
 
 def _drop_stub_modules():
     for name in list(sys.modules):
-        if name == "modules" or name.startswith("modules.") or name == "dode_webui_script":
+        if name == "modules" or name.startswith("modules.") or name == "dode_webui_script" or name in REFORGE_MODULES:
             del sys.modules[name]
+
+
+def separate_sampling_module(name, K):
+    """A second copy of k-diffusion's sampling.py under ``name`` (own globals, own functions), as reForge ships
+    its own k-diffusion forks next to repositories/k-diffusion."""
+    spec = importlib.util.spec_from_file_location(name, K.__file__)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "k_diffusion"  # its `from . import utils` resolves in the real package
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
 
 
 @pytest.fixture
 def webui(tmp_path, K):
-    """Puts the stand-in on sys.path; ``load(forge=False, before=None)`` executes the script as WebUI does and
-    returns the host's modules. Everything is removed again afterwards. (K: the real k-diffusion, imported
-    quietly, which the stand-in uses.)"""
+    """``load(forge=False, reforge=None, before=None)`` executes the script as WebUI does against the stand-in
+    and returns the host; everything (including k-diffusion's ``torch`` global) is restored afterwards."""
     sys.path.insert(0, STUB)
     _drop_stub_modules()
 
-    def load(forge=False, before=None):
-        from modules import paths, sd_samplers, shared
+    def load(forge=False, reforge=None, before=None):
+        from modules import shared
+
+        if reforge is not None:
+            for name in REFORGE_MODULES:
+                separate_sampling_module(name, K)
+            shared.opts.data["sd_sampling"] = reforge
+        from modules import paths, processing, rng, scripts, sd_samplers, sd_samplers_common
 
         paths.models_path = str(tmp_path / "models")
+        shared.sd_model = SDModel()
         if forge:  # newer Forge has sd_samplers.add_sampler; A1111 does not
             added = []
 
@@ -48,30 +87,60 @@ def webui(tmp_path, K):
             sd_samplers.add_sampler = add_sampler
             sd_samplers.added = added
         if before is not None:
-            before(sd_samplers)
+            before(sys.modules["modules.sd_samplers_kdiffusion"], sd_samplers)
         spec = importlib.util.spec_from_file_location("dode_webui_script", SCRIPT)
         script = importlib.util.module_from_spec(spec)
         sys.modules["dode_webui_script"] = script
         spec.loader.exec_module(script)
-        return types.SimpleNamespace(script=script, sd_samplers=sd_samplers, shared=shared,
-                                     folder=str(tmp_path / "models" / "dode_lambdas"))
+
+        def run(p, *script_args):
+            """process_images(p) with the D-ODE script's args (the API's alwayson_scripts args)."""
+            instance = script.DodeScript()
+            instance.args_from, instance.args_to = 0, len(script_args)
+            p.scripts, p.script_args = scripts.ScriptRunner([instance]), list(script_args)
+            return processing.process_images(p)
+
+        return types.SimpleNamespace(script=script, sd_samplers=sd_samplers, shared=shared, state=shared.state,
+                                     folder=str(tmp_path / "models" / "dode_lambdas"), run=run, rng=rng,
+                                     P=processing.StableDiffusionProcessingTxt2Img, common=sd_samplers_common)
 
     yield load
+    K.torch = torch
     _drop_stub_modules()
     sys.path.remove(STUB)
 
 
-def test_names_appear_in_every_registry_view(webui):
+def files(host):
+    return sorted(os.listdir(host.folder)) if os.path.isdir(host.folder) else []
+
+
+# ---- registration from the host's table -------------------------------------------------------------------------
+
+def test_the_offered_samplers_are_the_hosts_deterministic_ones_in_every_registry_view(webui):
     host = webui()
     sd_samplers = host.sd_samplers
     names = [data.name for data in sd_samplers.all_samplers]
-    assert names[-len(D_ODE_NAMES):] == D_ODE_NAMES
+    assert names[-len(D_ODE_NAMES):] == D_ODE_NAMES and len(names) == 12 + len(D_ODE_NAMES)
     for name in D_ODE_NAMES:
         assert sd_samplers.all_samplers_map[name].name == name
         assert sd_samplers.samplers_map[name.lower()] == name
         assert name in [data.name for data in sd_samplers.samplers]  # what the dropdown lists
     assert sd_samplers.samplers_map["dode_dpmpp_2m"] == "D-ODE DPM++ 2M"  # aliases too
     assert sd_samplers.get_sampler_and_scheduler("D-ODE DPM++ 2M", "Karras") == ("D-ODE DPM++ 2M", "Automatic")
+    refused = host.script.REFUSED
+    assert set(refused) == {"DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2S a", "Euler a", "DPM2 a", "DPM fast",
+                            "DPM adaptive"}
+    assert "noise" in refused["Euler a"]
+
+
+def test_the_offer_follows_the_hosts_table_not_a_list_of_ours(webui):
+    def edit_table(kdiffusion, sd_samplers):  # a host without LMS, with an extra deterministic entry
+        table = kdiffusion.samplers_k_diffusion
+        table[:] = [row for row in table if row[0] != "LMS"] + [("iPNDM", "sample_lms", ["k_ipndm"], {})]
+
+    host = webui(before=edit_table)
+    names = [spec.label for spec in host.script.OFFERED]
+    assert "D-ODE LMS" not in names and "D-ODE iPNDM" in names
 
 
 def test_registering_again_duplicates_nothing(webui):
@@ -84,7 +153,7 @@ def test_registering_again_duplicates_nothing(webui):
 
 
 def test_a_cached_fallback_answer_is_cleared(webui):
-    def ask_early(sd_samplers):  # e.g. an infotext pasted before the extension registered
+    def ask_early(kdiffusion, sd_samplers):  # e.g. an infotext pasted before the extension registered
         assert sd_samplers.get_sampler_and_scheduler("D-ODE Euler", "Automatic")[0] == "DPM++ 2M"
 
     host = webui(before=ask_early)
@@ -124,96 +193,280 @@ def test_settings_offer_auto_and_the_files_in_the_folder(webui, monkeypatch, K, 
     assert info.default == "auto" and info.component == "Dropdown"
     assert info.component_args() == {"choices": ["auto"]}
     os.makedirs(host.folder)
-    sigmas = karras(4)
-    from dode_core import distill
-
-    distill(GaussianDenoiser(), torch.randn(4, 1, 2, 2) * 80, sigmas, K.sample_euler, teacher_factor=2).save(
+    distill(GaussianDenoiser(), torch.randn(4, 1, 2, 2) * 80, karras(4), K.sample_euler, teacher_factor=2).save(
         os.path.join(host.folder, "a.safetensors"))
     assert info.component_args() == {"choices": ["auto", "a.safetensors"]}
 
 
-class P:
-    """The fields of StableDiffusionProcessingTxt2Img the adapter reads (A1111 1.10 modules/processing.py)."""
+# ---- jobs through the mirrored processing loop ------------------------------------------------------------------
 
-    def __init__(self, sampler_name="Euler"):
-        self.sampler_name, self.scheduler, self.is_hr_pass = sampler_name, "Karras", False
-        self.prompts, self.negative_prompts, self.seeds = ["a cat"], ["blurry"], [42]
-        self.cfg_scale, self.width, self.height = 6.5, 64, 64
-        self.sd_model_name, self.sd_model_hash = "tiny", "abc123"
-        self.extra_generation_params = {"Schedule type": "Karras"}
-
-
-class CFGDenoiser:
-    """A denoiser with ``p`` set, as Sampler.initialize leaves WebUI's CFG denoiser."""
-
-    def __init__(self, p):
-        self.p, self.inner = p, GaussianDenoiser()
-
-    def __call__(self, x, sigma, cond=None, uncond=None, cond_scale=None, s_min_uncond=None, image_cond=None):
-        return self.inner(x, sigma)
-
-
-EXTRA_ARGS = {"cond": "c", "uncond": "u", "cond_scale": 6.5, "s_min_uncond": 0.0, "image_cond": None}
-
-
-def run_script(host, p, **ui):
-    values = {"override": "", "distill": False, "teacher_factor": 4, "history": "1", **ui}
-    script = host.script.DodeScript()
-    script.process(p, values["override"], values["distill"], values["teacher_factor"], values["history"])
-    return host.sd_samplers.all_samplers_map[p.sampler_name].constructor(object()).func
-
-
-def test_a_distill_run_then_a_normal_run_through_the_adapter(webui, K, karras):
+def test_a_distill_then_a_plain_d_ode_run(webui, K):
     host = webui()
-    sigmas = karras(5)
-    x = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * sigmas[0]
-
-    p = P("Euler")
-    func = run_script(host, p, distill=True)
+    p = host.P(sampler_name="Euler", steps=5, batch_size=4)
+    (first,) = host.run(p, "", True, 4, "1")
     assert p.sampler_name == "D-ODE Euler"  # the base sampler was switched to its D-ODE entry
-    first = func(CFGDenoiser(p), x, sigmas, extra_args=dict(EXTRA_ARGS))
-    (name,) = os.listdir(host.folder)
-    assert name == "tiny_euler_5steps_karras_cfg6p5_h1.safetensors"
-    meta = load_lambdas(os.path.join(host.folder, name)).metadata
+    (name,) = files(host)
+    assert name == "tiny_euler_5steps_karras_cfg7_h1.safetensors"
+    lam = load_lambdas(os.path.join(host.folder, name))
+    meta = lam.metadata
     assert (meta["prompt"], meta["negative_prompt"], meta["seed"], meta["model_fingerprint"]) == (
-        "a cat", "blurry", "42", "abc123")
+        "a cat", "blurry", "1234", "abc123")
     assert p.extra_generation_params["D-ODE lambdas"] == name
-    assert host.shared.state.sampling_steps == 4 * 5 + 5  # the distill job drove the progress bar
+    assert p.extra_generation_params["D-ODE distill"] == "teacher auto x4, history 1"
+    heldout = p.extra_generation_params["D-ODE held-out RMSE"]  # the fit's proof, in the job's infotext
+    base, dode, count = lam.heldout()
+    assert heldout == f"{base:.4g} -> {dode:.4g} (1 held-out latents, D-ODE / base {dode / base:.2f})" and dode < base
 
-    second = func(CFGDenoiser(p), x, sigmas, extra_args=dict(EXTRA_ARGS))  # the next batch of the same job
-    assert os.listdir(host.folder) == [name] and torch.equal(first, second)
-
-    p2 = P("D-ODE Euler")
-    plain = run_script(host, p2)(CFGDenoiser(p2), x, sigmas, extra_args=dict(EXTRA_ARGS))  # setting: auto
-    expected = sample(GaussianDenoiser(), x, sigmas, K.sample_euler, load_lambdas(os.path.join(host.folder, name)))
-    assert torch.equal(plain, expected)
+    p2 = host.P(sampler_name="D-ODE Euler", steps=5, batch_size=4)
+    (plain,) = host.run(p2, "")  # the setting: auto
+    x = host.rng.ImageRNG(p.latent_shape, p2.seeds).next().double()
+    sigmas = K.get_sigmas_karras(5, A1111_SIGMA_MIN, SIGMA_MAX).double()
+    assert torch.equal(plain, sample(GaussianDenoiser(), x * sigmas[0], sigmas, K.sample_euler, lam))
+    assert torch.equal(first, plain)  # the distill batch was sampled with the new file
     assert p2.extra_generation_params["D-ODE lambdas hash"] == p.extra_generation_params["D-ODE lambdas hash"]
 
 
-def test_interrupt_stops_a_distill_run_and_no_file_is_written(webui, karras):
+def test_a_refused_distill_reaches_the_user_instead_of_a_silent_base_run(webui):
+    # issue 11, point 1: {"sampler_name": "Euler a", "steps": 2, ..., "alwayson_scripts": {"D-ODE": {"args":
+    # ["", true, 2, "1"]}}} returned an "Euler a" image and no file: the runner swallowed process()'s error
     host = webui()
-    from modules import sd_samplers_common
-
-    p = P("D-ODE Euler")
-    func = run_script(host, p, distill=True)
-    host.shared.state.interrupted = True
-    with pytest.raises(sd_samplers_common.InterruptedException):
-        func(CFGDenoiser(p), torch.randn(4, 1, 2, 2) * 80, karras(4), extra_args=dict(EXTRA_ARGS))
-    assert not os.path.exists(host.folder) or os.listdir(host.folder) == []
+    with pytest.raises(ValueError, match=r"sampler 'Euler a' cannot be distilled: .*noise.*Pick one of DPM\+\+ 2M, "
+                                         r"Euler, LMS, Heun, DPM2.*no λ file was written"):
+        host.run(host.P(sampler_name="Euler a", steps=2, batch_size=1), "", True, 2, "1")
+    assert files(host) == [] and host.shared.sd_model.calls == 0
 
 
-def test_a_run_without_a_file_stops_with_the_message_and_the_override_is_used(webui, karras):
+def test_a_distill_asked_of_img2img_is_refused_not_ignored(webui):
     host = webui()
-    p = P("D-ODE Heun")
+    instance = host.script.DodeScript()
+    instance.is_img2img = True
+    p = host.P(sampler_name="D-ODE Euler", steps=4)
+    instance.process(p, "", True, 4, "1")
+    assert p.dode_distill.refused.startswith("Distill λ (D-ODE) runs in txt2img")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("", True, 10**9, "1"), r"teacher sub-steps per step must be a whole number from 1 to 100; got '1000000000'"),
+    (("", True, "٤", "1"), r"teacher sub-steps per step must be a whole number"),
+    (("", True, 4, "9"), r"history terms per call must be a whole number from 1 to 8"),
+    (("", True, 4, "1", "Euler a"), r"teacher 'Euler a' is not one of this host's supported samplers; choose auto "
+                                    r"or one of DPM\+\+ 2M, Euler, LMS, Heun, DPM2"),
+])
+def test_bad_distill_arguments_stop_the_job_with_a_message(webui, args, message):
+    host = webui()
+    with pytest.raises(ValueError, match=message):
+        host.run(host.P(sampler_name="Euler", steps=5, batch_size=2), *args)
+    assert files(host) == [] and host.shared.sd_model.calls == 0
+
+
+def test_the_teacher_bound_scales_with_the_steps(webui):
+    host = webui()
+    with pytest.raises(ValueError, match=r"250 steps x 10 teacher sub-steps = 2500 teacher steps; at most 2000 are "
+                                         r"allowed. Use at most 8 sub-steps for 250 steps"):
+        host.run(host.P(sampler_name="Euler", steps=250, batch_size=1), "", True, 10, "1")
+
+
+def test_none_script_arguments_take_the_defaults(webui):
+    host = webui()
+    p = host.P(sampler_name="Euler", steps=3, batch_size=2)
+    host.run(p, None, True, None, None, None, None)  # the API may send nulls for every argument
+    (name,) = files(host)
+    meta = load_lambdas(os.path.join(host.folder, name)).metadata
+    assert (meta["teacher_factor"], meta["history_mode"]) == ("10", "1")
+    host.run(host.P(sampler_name="D-ODE Euler", steps=3, batch_size=2), None, None, None, None, None, None)
+
+
+def test_the_teacher_is_selectable(webui):
+    host = webui()
+    host.run(host.P(sampler_name="Euler", steps=3, batch_size=2), "", True, 2, "1", "Heun")
+    (name,) = files(host)
+    assert load_lambdas(os.path.join(host.folder, name)).metadata["teacher_sampler"] == "heun"
+
+
+def test_progress_after_a_distill_is_the_sampling_runs(webui):
+    # issue 11, point 2: the step total and text stayed at the distill's ("model call 18/18") while sampling
+    host = webui()
+    seen = []
+    p = host.P(sampler_name="Euler", steps=5, batch_size=2)
+    original = host.common.Sampler.callback_state
+
+    def watch(sampler, d):
+        original(sampler, d)
+        seen.append((host.state.sampling_step, host.state.sampling_steps, host.state.textinfo))
+
+    host.common.Sampler.callback_state = watch
+    host.run(p, "", True, 4, "1")
+    assert seen == [(i, 5, None) for i in range(5)]
+    assert host.state.job_no == 1 and host.state.job_count == 1
+
+
+def counting_draws(host):
+    draws = []
+    original = host.rng.ImageRNG.next
+
+    def next_(rng):
+        draws.append(rng.seeds[0])
+        return original(rng)
+
+    host.rng.ImageRNG.next = next_
+    return draws
+
+
+def test_d_ode_runs_and_distills_draw_the_hosts_noise_exactly_as_the_base_sampler(webui):
+    # issue 11, point 6: TorchHijack hands p.rng.next() to every torch.randn_like of k-diffusion, and Euler draws
+    # one per step; the probe, the teacher and every replay used to draw too
+    host = webui()
+    draws = counting_draws(host)
+    base = host.run(host.P(sampler_name="Euler", steps=5, batch_size=2, n_iter=2))
+    base_draws = list(draws)
+    assert base_draws == [1234] * 6 + [1236] * 6  # per batch: the start noise and one per step
+
+    draws.clear()
+    distilled = host.run(host.P(sampler_name="Euler", steps=5, batch_size=2, n_iter=2), "", True, 4, "1")
+    assert draws == base_draws
+    draws.clear()
+    again = host.run(host.P(sampler_name="D-ODE Euler", steps=5, batch_size=2, n_iter=2), "")
+    assert draws == base_draws
+    assert torch.equal(distilled[1], again[1])  # later batches: the same images from the same seeds
+    assert not torch.equal(base[1], again[1])  # (and D-ODE did change them)
+
+
+def test_refusal_checks_at_startup_leave_the_hosts_rng_alone(webui, K):
+    host = webui()
+    p = host.P(sampler_name="Euler", steps=3, batch_size=1)
+    host.run(p)
+    assert isinstance(K.torch, host.common.TorchHijack)  # the hijack stays installed after a run, as in WebUI
+    draws = counting_draws(host)
+    assert host.script.register_samplers() == [] and draws == []
+
+
+@pytest.mark.parametrize("backend", ["A1111", "ldm patched (Comfy)"])
+def test_reforge_d_ode_corrects_the_sampler_of_the_module_its_setting_chose(webui, K, backend):
+    # issue 11, point 4: reForge's samplers come from k_diff.k_diffusion or ldm_patched.k_diffusion by a setting,
+    # not from repositories/k-diffusion's k_diffusion.sampling
+    host = webui(reforge=backend)
+    chosen = sys.modules[dict(zip(["A1111", "ldm patched (Comfy)"], REFORGE_MODULES, strict=True))[backend]]
+    assert host.script.kdiffusion_sampling() is chosen
+    spec = host.script.spec_for_label("Euler", host.script.OFFERED)
+    assert host.script.resolve_function(spec.funcname) is chosen.sample_euler is not K.sample_euler
+    draws = counting_draws(host)
+    host.run(host.P(sampler_name="Euler", steps=4, batch_size=2), "", True, 4, "1")
+    assert isinstance(chosen.torch, host.common.TorchHijack) and K.torch is torch
+    assert draws == [1234] * 5  # the chosen module's hijack saw exactly the base sampler's draws
+
+
+def test_a_file_from_a1111_runs_in_forge_on_its_own_schedule(webui, K):
+    # issue 11, point 5: A1111 computes SD1.5's sigma_min from the fp16 table (0.03127), Forge recomputes it
+    # (0.02917); the same checkpoint, scheduler and steps must still find the file
+    host = webui()
+    host.run(host.P(sampler_name="Euler", steps=6, batch_size=4), "", True, 4, "1")
+    (name,) = files(host)
+    lam = load_lambdas(os.path.join(host.folder, name))
+    host.shared.sd_model = SDModel(sigma_min=FORGE_SIGMA_MIN)  # "Forge"
+    p = host.P(sampler_name="D-ODE Euler", steps=6, batch_size=4, seed=99)
+    (got,) = host.run(p, "")
+    note = p.extra_generation_params["D-ODE schedule"]
+    assert note == "schedule of the λ file (this host's sigmas differ by up to 6.7%)"
+    x = host.rng.ImageRNG(p.latent_shape, p.seeds).next().double()
+    forge_sigmas = K.get_sigmas_karras(6, FORGE_SIGMA_MIN, SIGMA_MAX).double()
+    assert torch.equal(got, sample(GaussianDenoiser(), x * forge_sigmas[0], lam.schedule, K.sample_euler, lam))
+
+
+def test_a_file_for_another_scheduler_is_still_refused(webui, K):
+    host = webui()
+    host.run(host.P(sampler_name="Euler", steps=6, batch_size=4), "", True, 4, "1")
+    exponential = K.get_sigmas_exponential(6, A1111_SIGMA_MIN, SIGMA_MAX).double()
+    p = host.P(sampler_name="D-ODE Euler", steps=6, batch_size=4)
+    p.sampler_noise_scheduler_override = lambda steps: exponential
     with pytest.raises(ValueError, match="no D-ODE λ file fits this run"):
-        run_script(host, p)(CFGDenoiser(p), torch.randn(1, 1, 2, 2) * 80, karras(4), extra_args=dict(EXTRA_ARGS))
-    p = P("D-ODE Heun")
-    with pytest.raises(ValueError, match="mine.safetensors is not in"):
-        run_script(host, p, override=" mine ")(CFGDenoiser(p), torch.randn(1, 1, 2, 2) * 80, karras(4),
-                                               extra_args=dict(EXTRA_ARGS))
+        host.run(p, "")
 
 
-def test_distilling_a_sampler_that_cannot_be_distilled_is_refused_before_sampling(webui):
+def test_a_named_file_with_a_fitted_schedule_samples_on_it(webui, K):
+    # issue 9: a file whose schedule the fit chose is self-contained; the run takes its sigmas and says so
     host = webui()
-    with pytest.raises(ValueError, match="'Euler a' cannot be distilled"):
-        run_script(host, P("Euler a"), distill=True)
+    own = K.get_sigmas_exponential(4, 0.1, SIGMA_MAX).double()  # 4 steps, the host's sigma_max
+    x0 = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * own[0]
+    lam = distill(GaussianDenoiser(), x0, own, K.sample_euler, teacher_factor=4)
+    os.makedirs(host.folder)
+    path = os.path.join(host.folder, "fitted.safetensors")
+    Lambdas(lam.lambdas, lam.call_sigmas, {**lam.metadata, "schedule_source": "fitted"}).save(path)
+    p = host.P(sampler_name="D-ODE Euler", steps=10, batch_size=4)
+    (got,) = host.run(p, "fitted")
+    assert p.extra_generation_params["D-ODE schedule"] == "fitted schedule of the λ file (4 steps)"
+    x = host.rng.ImageRNG(p.latent_shape, p.seeds).next().double()
+    host_sigmas = K.get_sigmas_karras(10, A1111_SIGMA_MIN, SIGMA_MAX).double()
+    assert torch.equal(got, sample(GaussianDenoiser(), x * host_sigmas[0], own, K.sample_euler, load_lambdas(path)))
+
+
+def test_a_distill_job_can_ask_for_the_schedule_fit(webui, monkeypatch):
+    host = webui()
+    asked = {}
+    import dode_webui.distill_job as job
+
+    real = job.distill
+
+    def spy(*args, **kwargs):
+        asked.update(kwargs)
+        kwargs.pop("fit_schedule", None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(job, "distill", spy)
+    p = host.P(sampler_name="Euler", steps=3, batch_size=2)
+    host.run(p, "", True, 4, "1", "auto", True)
+    assert asked["fit_schedule"] is True and asked["teacher_sampler"] is None
+    assert p.extra_generation_params["D-ODE distill"] == "teacher auto x4, history 1, fitted schedule"
+
+
+def test_a_fit_that_does_not_beat_the_base_reaches_the_user_and_writes_no_file(webui, monkeypatch):
+    import dode_webui.distill_job as job
+    from dode_core import NoGainError
+
+    def no_gain(*args, callback=None, **kwargs):
+        callback(1, 30)
+        raise NoGainError("no λ fit beat the base sampler on the 1 held-out latent; no λ file is delivered.")
+
+    monkeypatch.setattr(job, "distill", no_gain)
+    host = webui()
+    with pytest.raises(NoGainError, match="no λ fit beat the base sampler on the 1 held-out latent"):
+        host.run(host.P(sampler_name="Euler", steps=4, batch_size=4), "", True, 4, "1")
+    assert files(host) == []
+    assert (host.state.sampling_steps, host.state.textinfo) == (4, None)  # the progress bar was handed back
+
+
+def test_a_distilled_file_is_written_with_the_users_umask(webui):
+    # issue 11, point 3: files were written 0600 whatever the umask (the private temp file was renamed)
+    host = webui()
+    old = os.umask(0o022)
+    try:
+        host.run(host.P(sampler_name="Euler", steps=3, batch_size=4), "", True, 4, "1")
+    finally:
+        os.umask(old)
+    (name,) = files(host)
+    assert os.stat(os.path.join(host.folder, name)).st_mode & 0o777 == 0o644
+
+
+def test_interrupt_stops_a_distill_and_no_file_is_written(webui):
+    host = webui()
+    model = host.shared.sd_model
+    real = type(model).__call__
+
+    def interrupt_at_the_seventh_call(x, sigma, **extra_args):
+        if model.calls == 6:
+            host.state.interrupt()  # the Interrupt button, during the teacher run
+        return real(model, x, sigma)
+
+    model.__call__ = interrupt_at_the_seventh_call
+    host.shared.sd_model = interrupt_at_the_seventh_call
+    interrupt_at_the_seventh_call.sigma_min, interrupt_at_the_seventh_call.sigma_max = model.sigma_min, model.sigma_max
+    (latent,) = host.run(host.P(sampler_name="Euler", steps=4, batch_size=2), "", True, 4, "1")
+    assert files(host) == [] and model.calls == 7
+    assert latent.shape == (2, 1, 4, 4)  # launch_sampling returned its last latent, as WebUI does
+
+
+def test_a_run_without_a_file_stops_with_the_message_and_the_override_is_used(webui):
+    host = webui()
+    with pytest.raises(ValueError, match="no D-ODE λ file fits this run"):
+        host.run(host.P(sampler_name="D-ODE Heun", steps=4, batch_size=1), "")
+    with pytest.raises(ValueError, match="mine.safetensors is not in"):
+        host.run(host.P(sampler_name="D-ODE Heun", steps=4, batch_size=1), " mine ")

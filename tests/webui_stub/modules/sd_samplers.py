@@ -1,6 +1,7 @@
 """Mirrors A1111 1.10 modules/sd_samplers.py (commit c19d044): the registry (all_samplers, all_samplers_map,
 samplers, samplers_for_img2img, samplers_map, samplers_hidden), set_samplers() and the functools.cache'd
-get_sampler_and_scheduler() that splits a trailing scheduler name off a sampler name.
+get_sampler_and_scheduler() that splits a trailing scheduler name off a sampler name, find_sampler_config() and
+create_sampler() (the constructor is called with the model, then ``sampler.config`` is set).
 
 ``forge_add_sampler`` mirrors newer Forge's ``add_sampler`` (dedupe by name, rebuild the map, set_samplers);
 A1111 has no such function, so the tests install it as ``add_sampler`` only for the Forge case."""
@@ -36,6 +37,18 @@ def forge_add_sampler(sampler):
         all_samplers.append(sampler)
         all_samplers_map = {x.name: x for x in all_samplers}
         set_samplers()
+
+
+def find_sampler_config(name):
+    return all_samplers_map.get(name, None) if name is not None else all_samplers[0]
+
+
+def create_sampler(name, model):
+    config = find_sampler_config(name)
+    assert config is not None, f"bad sampler name: {name}"
+    sampler = config.constructor(model)
+    sampler.config = config
+    return sampler
 
 
 @functools.cache

@@ -1,22 +1,64 @@
-"""Mirrors A1111 1.10 modules/sd_samplers_kdiffusion.py: the table of k-diffusion samplers (a subset, with the
-real labels, function names, aliases and options) and KDiffusionSampler's constructor rule
-``func = funcname if callable(funcname) else getattr(k_diffusion.sampling, funcname)`` (since 1.6)."""
+"""Mirrors A1111 1.10 modules/sd_samplers_kdiffusion.py (the 1.7+ file with CFGDenoiserKDiffusion and
+KDiffusionSampler(sd_samplers_common.Sampler); Forge and reForge keep its shape):
+
+- samplers_k_diffusion: the (label, funcname, aliases, options) table, here A1111 1.10's rows whose functions
+  exist in k-diffusion 0.1.1 (deterministic, ancestral, SDE and adaptive alike);
+- KDiffusionSampler(funcname, sd_model): ``func = funcname if callable(funcname) else getattr(<module>,
+  funcname)`` (reForge: the module its setting chose), ``extra_params`` looked up by funcname;
+- sample(p, x, ...): sigmas from ``p.sampler_noise_scheduler_override`` or the scheduler (here Karras over
+  the model's sigma range), ``x = x * sigmas[0]``, initialize(p), then launch_sampling(steps, lambda:
+  func(model_wrap_cfg, x, extra_args=..., disable=False, callback=callback_state, sigmas=sigmas, **extra));
+- the CFG denoiser raises InterruptedException when ``state.interrupted or state.skipped`` before every model
+  call (modules/sd_samplers_cfg_denoiser.py), counts its calls in ``step`` and here calls ``shared.sd_model``."""
 
 import k_diffusion.sampling
 
-from modules import sd_samplers_common
+from modules import sd_samplers_common, shared
+from modules.shared import state
 
 samplers_k_diffusion = [
     ("DPM++ 2M", "sample_dpmpp_2m", ["k_dpmpp_2m"], {"scheduler": "karras"}),
+    ("DPM++ SDE", "sample_dpmpp_sde", ["k_dpmpp_sde"], {"scheduler": "karras", "second_order": True,
+                                                         "brownian_noise": True}),
+    ("DPM++ 2M SDE", "sample_dpmpp_2m_sde", ["k_dpmpp_2m_sde"], {"scheduler": "exponential", "brownian_noise": True}),
+    ("DPM++ 2S a", "sample_dpmpp_2s_ancestral", ["k_dpmpp_2s_a"], {"scheduler": "karras", "uses_ensd": True,
+                                                                   "second_order": True}),
     ("Euler a", "sample_euler_ancestral", ["k_euler_a", "k_euler_ancestral"], {"uses_ensd": True}),
     ("Euler", "sample_euler", ["k_euler"], {}),
     ("LMS", "sample_lms", ["k_lms"], {}),
     ("Heun", "sample_heun", ["k_heun"], {"second_order": True}),
     ("DPM2", "sample_dpm_2", ["k_dpm_2"], {"scheduler": "karras", "discard_next_to_last_sigma": True,
                                            "second_order": True}),
+    ("DPM2 a", "sample_dpm_2_ancestral", ["k_dpm_2_a"], {"scheduler": "karras", "discard_next_to_last_sigma": True,
+                                                         "uses_ensd": True, "second_order": True}),
+    ("DPM fast", "sample_dpm_fast", ["k_dpm_fast"], {"uses_ensd": True}),
+    ("DPM adaptive", "sample_dpm_adaptive", ["k_dpm_ad"], {"uses_ensd": True}),
 ]
 
-sampler_extra_params = {"sample_euler": ["s_churn", "s_tmin", "s_tmax", "s_noise"]}
+sampler_extra_params = {
+    "sample_euler": ["s_churn", "s_tmin", "s_tmax", "s_noise"],
+    "sample_heun": ["s_churn", "s_tmin", "s_tmax", "s_noise"],
+    "sample_dpm_2": ["s_churn", "s_tmin", "s_tmax", "s_noise"],
+}
+
+
+def sampling_module():
+    return getattr(sd_samplers_common, "sampling", k_diffusion.sampling)
+
+
+class CFGDenoiserKDiffusion:
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self.p = None
+        self.step = 0
+        self.steps = self.total_steps = None
+
+    def __call__(self, x, sigma, uncond=None, cond=None, cond_scale=None, s_min_uncond=None, image_cond=None):
+        if state.interrupted or state.skipped:
+            raise sd_samplers_common.InterruptedException
+        denoised = shared.sd_model(x, sigma)
+        self.step += 1
+        return denoised
 
 
 class KDiffusionSampler(sd_samplers_common.Sampler):
@@ -24,13 +66,33 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         super().__init__(funcname)
         self.extra_params = sampler_extra_params.get(funcname, [])
         self.options = options or {}
-        self.func = funcname if callable(funcname) else getattr(k_diffusion.sampling, self.funcname)
-        self.sd_model = sd_model
+        self.func = funcname if callable(funcname) else getattr(sampling_module(), self.funcname)
+        self.model_wrap_cfg = CFGDenoiserKDiffusion(self)
+
+    def get_sigmas(self, p, steps):
+        if p.sampler_noise_scheduler_override:
+            return p.sampler_noise_scheduler_override(steps)
+        model = shared.sd_model
+        return k_diffusion.sampling.get_sigmas_karras(steps, model.sigma_min, model.sigma_max).double()
+
+    def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
+        steps = steps or p.steps
+        sigmas = self.get_sigmas(p, steps)
+        x = x.double() * sigmas[0]
+        extra_params_kwargs = self.initialize(p)
+        extra_params_kwargs["sigmas"] = sigmas
+        self.last_latent = x
+        self.sampler_extra_args = {"cond": conditioning, "image_cond": image_conditioning,
+                                   "uncond": unconditional_conditioning, "cond_scale": p.cfg_scale,
+                                   "s_min_uncond": 0.0}
+        return self.launch_sampling(steps, lambda: self.func(self.model_wrap_cfg, x, extra_args=self.sampler_extra_args,
+                                                             disable=False, callback=self.callback_state,
+                                                             **extra_params_kwargs))
 
 
 samplers_data_k_diffusion = [
     sd_samplers_common.SamplerData(label, lambda model, funcname=funcname: KDiffusionSampler(funcname, model),
                                    aliases, options)
     for label, funcname, aliases, options in samplers_k_diffusion
-    if callable(funcname) or hasattr(k_diffusion.sampling, funcname)
+    if callable(funcname) or hasattr(sampling_module(), funcname)
 ]

@@ -1,5 +1,8 @@
-"""Mirrors the few objects of A1111 1.10 modules/shared.py (opts, state) and modules/options.py (OptionInfo)
-that the adapter reads; values are the defaults a fresh install has."""
+"""Mirrors the few objects of A1111 1.10 modules/shared.py (opts, state, sd_model, total_tqdm),
+modules/options.py (OptionInfo) and modules/shared_state.py (State: job_count / job_no / nextjob,
+sampling_step / sampling_steps, textinfo, interrupted / skipped / interrupt()) that the adapter and the
+stand-in processing loop read; values are the defaults a fresh install has. ``sd_model`` is set by the tests
+to a denoiser ``model(x, sigma) -> denoised`` with ``sigma_min`` / ``sigma_max`` attributes."""
 
 from types import SimpleNamespace
 
@@ -29,7 +32,32 @@ class Options:
             raise AttributeError(name) from None
 
 
+class State:
+    # modules/shared_state.py (1.10)
+    def __init__(self):
+        self.interrupted = False
+        self.skipped = False
+        self.stopping_generation = False
+        self.job = ""
+        self.job_no = 0
+        self.job_count = 0
+        self.sampling_step = 0
+        self.sampling_steps = 0
+        self.textinfo = None
+
+    def interrupt(self):
+        self.interrupted = True
+
+    def nextjob(self):
+        self.job_no += 1
+        self.sampling_step = 0
+
+    def begin(self, job="(unknown)"):
+        self.__init__()
+        self.job = job
+
+
 opts = Options()
-# modules/shared_state.py (1.10): State.interrupted / skipped / sampling_step / sampling_steps / textinfo
-state = SimpleNamespace(interrupted=False, skipped=False, sampling_step=0, sampling_steps=0, textinfo=None)
+state = State()
 sd_model = None
+total_tqdm = SimpleNamespace(update=lambda: None, updateTotal=lambda total: None, clear=lambda: None)
