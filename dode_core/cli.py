@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from .lambdas_file import LambdaFileError, format_sigmas, load_lambdas
+from .lambdas_file import LambdaFileError, format_sigmas, load_lambdas, printable
 
 DEFAULT_SAMPLERS = "euler,dpmpp_2m"
 DEFAULT_BUDGETS = "4,6,8"
@@ -147,12 +147,14 @@ def run_demo_command(args) -> int:
 
 
 def run_inspect_command(args) -> int:
+    """Every line starts with what this tool writes (VALID, INVALID, indentation); every string from a file or a
+    file name goes through ``printable``, so a file cannot move the cursor, rewrite a line or forge a verdict."""
     status = 0
     for path in args.files:
         try:
             lam = load_lambdas(path)
         except LambdaFileError as error:
-            print(f"INVALID {error}")
+            print(f"INVALID {printable(str(error))}")
             status = 1
             continue
         print(describe(path, lam))
@@ -160,8 +162,8 @@ def run_inspect_command(args) -> int:
 
 
 def describe(path: str, lam) -> str:
-    """A λ file, readable: metadata, λ per call with its sigma, the schedule."""
-    lines = [f"VALID {path}"]
+    """A λ file, readable: metadata, λ per call with its sigma, the schedule. Untrusted text is escaped."""
+    lines = [f"VALID {printable(os.fsdecode(path))}"]
     heldout = lam.heldout()
     if heldout is None:
         lines.append("  held-out proof: none (a file from before fits proved themselves); its gain is unknown")
@@ -174,7 +176,7 @@ def describe(path: str, lam) -> str:
     long_fields = {"call_sigmas", "schedule", "fit_rmse_before", "fit_rmse_after", "history_per_call"}
     for key in sorted(lam.metadata):
         if key not in long_fields:
-            lines.append(f"    {key}: {lam.metadata[key]}")
+            lines.append(f"    {printable(key)}: {printable(lam.metadata[key])}")
     lines.append(f"  λ per call ({lam.calls} calls x {lam.history} terms):")
     before, after = lam.fit_rmse()
     for k, sigma in enumerate(lam.call_sigmas):

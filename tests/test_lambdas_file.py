@@ -138,13 +138,14 @@ def test_a_file_without_metadata_is_not_a_lambda_file(tmp_path):
 def test_garbage_truncated_missing_and_huge_files(tmp_path, lam):
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x80\x04\x95 this is a pickle, not safetensors")
-    with pytest.raises(LambdaFileError, match="not a readable safetensors file"):
+    with pytest.raises(LambdaFileError, match=r"not a safetensors file \(it is a Python pickle\)"):
         load_lambdas(garbage)
 
     good = lam.save(tmp_path / "good.safetensors")
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(open(good, "rb").read()[:-5])
-    with pytest.raises(LambdaFileError, match="not a readable safetensors file"):
+    with pytest.raises(LambdaFileError, match=r"not a readable safetensors file: it is cut short \(tensor 'lambdas' "
+                                              r"needs 24 bytes, the file holds 19\)"):
         load_lambdas(truncated)
 
     with pytest.raises(LambdaFileError, match="cannot read the λ file"):
