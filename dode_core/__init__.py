@@ -6,7 +6,7 @@ No host (ComfyUI, A1111, Forge) is imported here; hosts pass their own sampler f
 """
 
 from .blackbox import SamplerRefusedError, probe_call_sigmas, refusal_reason
-from .correction import DODEDenoiser, make_sampler, sample
+from .correction import DODEDenoiser, cached_call_sigmas, make_sampler, sample
 from .fit import NoGainError, distill
 from .lambdas_file import LambdaFileError, Lambdas, ScheduleMismatchError, load_lambdas, newest_matching
 from .version import __version__
@@ -19,6 +19,7 @@ __all__ = [
     "SamplerRefusedError",
     "ScheduleMismatchError",
     "__version__",
+    "cached_call_sigmas",
     "distill",
     "load_lambdas",
     "make_sampler",

@@ -40,7 +40,7 @@ from .blackbox import (
     sigma_value,
 )
 from .correction import DODEDenoiser, apply_correction, differences, working_precision
-from .lambdas_file import Lambdas, format_sigmas
+from .lambdas_file import MAX_ABS_LAMBDA, Lambdas, format_sigmas
 from .schedule import check_calls_on_schedule, dense_grid, run_dense_teacher, schedule_range
 from .teacher import sample_dpmpp_2m_teacher, teacher_sigmas
 from .version import __version__
@@ -257,6 +257,10 @@ def fit_call(x_zero, vs, target, history, max_terms: int) -> _CallFit:
     terms = _choose_term_count(G, b, c, floor) if history == "auto" else len(vs)
     G, b, c = G.sum(0), b.sum(0), c.sum()
     lam[:terms] = _solve(G[:terms, :terms], b[:terms], floor)
+    if not bool(lam.abs().max() <= MAX_ABS_LAMBDA):  # a near-degenerate direction, not a correction
+        log.info("a call's λ %s are beyond %g: this call is left uncorrected", lam.tolist(), MAX_ABS_LAMBDA)
+        lam.zero_()
+        terms = 0
     lam = lam.float().double()  # exactly the λ the file will hold
     used = lam[: len(vs)]
     return _CallFit(lam, terms, float(c), float(_residual_energy(G, b, c, used)))

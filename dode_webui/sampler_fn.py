@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dode_core import DODEDenoiser, Lambdas, probe_call_sigmas
+from dode_core import DODEDenoiser, Lambdas, cached_call_sigmas
 from dode_core.blackbox import sampler_name
 
 from .distill_job import DistillRefusedError, DistillRequest, run_distill_job
@@ -62,7 +62,7 @@ def sample_with(model, x, sigmas, base, quiet_base, lam: Lambdas, *, call_sigmas
     caller already probed ``sigmas`` into ``call_sigmas``) and the real run on ``base``: the sigmas are checked
     against the file before any model call."""
     if call_sigmas is None:
-        call_sigmas, _ = probe_call_sigmas(model, x, sigmas, quiet_base, extra_args=extra_args, options=options)
+        call_sigmas = cached_call_sigmas(model, x, sigmas, quiet_base, extra_args=extra_args, options=options)
     lam.check_call_sigmas(call_sigmas)
     return base(DODEDenoiser(model, lam), x, sigmas, extra_args=extra_args or {}, callback=callback, disable=disable,
                 **options)
@@ -104,7 +104,7 @@ def make_dode_sampler(spec: SamplerSpec, base_sampler: Callable[[], Callable], c
         if context.distill is not None and not context.distill.done:
             found = distill_for_run(context, model, x, sigmas, quiet_base, extra_args, options)
         else:
-            call_sigmas, _ = probe_call_sigmas(model, x, sigmas, quiet_base, extra_args=extra_args, options=options)
+            call_sigmas = cached_call_sigmas(model, x, sigmas, quiet_base, extra_args=extra_args, options=options)
             found = resolve_lambdas(context.folder, context.choice, sampler_name(base), call_sigmas, sigmas)
         context.infotext.update(infotext_fields(found.path))
         if found.schedule is not None:

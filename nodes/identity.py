@@ -169,12 +169,16 @@ def scheduler_name(prompt, unique_id, input_name: str):
     return traced(prompt, unique_id, input_name, wanted)
 
 
+PROMPT_CHARS = 4000  # as the WebUI path: a λ file's metadata values are bounded (lambdas/README.md)
+
+
 def prompt_text(prompt, unique_id, input_name: str) -> str:
-    """The text of the first text-encode node upstream of ``input_name``, where the prompt has one."""
+    """The text of the first text-encode node upstream of ``input_name``, where the prompt has one (at most
+    PROMPT_CHARS characters)."""
     def wanted(_class_type, inputs):
         for key in TEXT_KEYS:
             if isinstance(inputs.get(key), str):
                 return inputs[key]
         return None
 
-    return traced(prompt, unique_id, input_name, wanted) or ""
+    return (traced(prompt, unique_id, input_name, wanted) or "")[:PROMPT_CHARS]

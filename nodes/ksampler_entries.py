@@ -29,7 +29,7 @@ def _auto_function(base_name: str):
     base = samplers.host_sampler(base_name).sampler_function
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
-        call_sigmas, _ = dode_core.probe_call_sigmas(model, x, sigmas, base, extra_args=extra_args, options=options)
+        call_sigmas = dode_core.cached_call_sigmas(model, x, sigmas, base, extra_args=extra_args, options=options)
         paths = [path for path in (folder_paths.get_full_path(FOLDER, name)
                                    for name in folder_paths.get_filename_list(FOLDER)) if path]
         try:

@@ -337,8 +337,8 @@ def auto_lookup(model, x, sigmas, extra_args):
     for name, lam, host in entries:
         function = host.sampler_function
         if function not in probed:
-            probed[function] = dode_core.probe_call_sigmas(model, x, sigmas, function, extra_args=extra_args,
-                                                           options=dict(host.extra_options or {}))[0]
+            probed[function] = dode_core.cached_call_sigmas(model, x, sigmas, function, extra_args=extra_args,
+                                                            options=dict(host.extra_options or {}))
         if lam.matches(probed[function]):
             log.info("D-ODE Sampler: auto picked %s", name)
             return name, lam, host

@@ -48,3 +48,11 @@ def test_the_paired_test_wants_a_gain_larger_than_its_noise():
     # the mean gain is positive, but one lucky latent carries it: not proven
     assert not proves_gain(base, torch.tensor([0.0, 1.1, 1.1, 1.1]))
     assert proves_gain(torch.tensor([2.0]), torch.tensor([1.0]))  # one latent: better is enough
+
+
+def test_a_fit_never_delivers_lambdas_a_file_could_not_hold(K, karras, x_start, monkeypatch):
+    """λ beyond lambdas_file.MAX_ABS_LAMBDA come from a near-degenerate direction: that call is left uncorrected.
+    With the bound made tiny, every call is, and the held-out proof then has no gain to show."""
+    monkeypatch.setattr(dode_core.fit, "MAX_ABS_LAMBDA", 1e-12)
+    with pytest.raises(NoGainError, match="D-ODE did not beat the base sampler 'euler'"):
+        distill(GaussianDenoiser(), x_start, karras(4), K.sample_euler, teacher_factor=4)
