@@ -388,7 +388,7 @@ def _held_out_rerun(checked, progress, x, sigmas, sampler, call_sigmas, extra_ar
     return final[fit_count:]
 
 
-def _held_out_proof(name, holdout, base_errors, dode_errors, lambdas, rerun, teacher_final):
+def _held_out_proof(name, holdout, base_errors, dode_errors, lambdas, rerun, teacher_final, history):
     """The scale of λ to deliver (1, or a shrink that proves itself) with both held-out RMSEs and the number of runs
     the proof took; NoGainError when no candidate beats the base by more than chance."""
     scale, runs = 1.0, 1
@@ -406,7 +406,8 @@ def _held_out_proof(name, holdout, base_errors, dode_errors, lambdas, rerun, tea
             f"D-ODE did not beat the base sampler '{name}' on the {holdout} held-out latent(s) by more than chance "
             f"(final-state RMSE to the teacher: base {rmse_base:.4g}, D-ODE {rmse_dode:.4g}); no λ file was "
             "written. Here the base sampler is already about as close to the teacher as λ can bring it: try "
-            "history=1, a larger batch (more held-out latents make the proof sharper), or keep the base sampler."
+            f"history={'auto' if history == 1 else 1}, a larger batch (more held-out latents make the proof "
+            "sharper), or keep the base sampler."
         )
     return scale, rmse_base, rmse_dode, runs
 
@@ -481,7 +482,7 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
                               fit_count)
     scale, rmse_base, rmse_dode, proof_runs = _held_out_proof(
         name, holdout, _latent_errors(base_final[fit_count:], teacher_final),
-        _latent_errors(dode_final[fit_count:], teacher_final), lambdas, rerun, teacher_final)
+        _latent_errors(dode_final[fit_count:], teacher_final), lambdas, rerun, teacher_final, history)
     lambdas = lambdas * scale
 
     n_fit = fit_count * x[0].numel()
