@@ -105,6 +105,11 @@ def test_every_shipped_lambda_file_is_valid():
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("VALID ") == len(SHIPPED)
     assert "call  1  sigma" in result.stdout and "schedule: [80," in result.stdout
+    # every shipped file carries the held-out proof of its fit, and it shows a gain
+    assert result.stdout.count("held-out proof: final-state RMSE to the teacher") == len(SHIPPED)
+    for lam in map(load_lambdas, SHIPPED):
+        base, dode, count = lam.heldout()
+        assert dode < base and count == 8
 
 
 def test_inspect_rejects_a_corrupted_copy_with_the_reason(tmp_path):
