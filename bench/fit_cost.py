@@ -6,8 +6,9 @@ a cheap stand-in model; the time spent inside the model is subtracted from the w
 own time (probes, teacher and sampler arithmetic, the λ fit, the held-out proof). Times are the process's CPU
 time on one thread, so other load on the machine does not count. The fraction is that own time
 over the model time the same calls would take at 50 ms a call. Peak memory is the growth of the process's
-peak RSS during the fit (each sampler in its own process), in MiB and in full-batch tensors (8 MiB each); on a
-GPU the teacher targets (one full-batch state per call, listed separately) live on the CPU, the rest on the GPU.
+peak RSS during the fit (each sampler in its own process, glibc returning every freed batch at once), in MiB and in
+full-batch tensors; on a GPU the teacher targets (one full-batch state per call, listed separately) live on the
+CPU, the rest on the GPU. Euler also runs at twice the steps: what is not a target must not grow with the calls.
 
     python bench/fit_cost.py            # the table
     python bench/fit_cost.py --one euler  # one sampler, JSON (what the table runs in a subprocess)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -58,10 +60,10 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def measure(name: str) -> dict:
+def measure(name: str, steps: int = STEPS) -> dict:
     torch.set_num_threads(1)
     sampler = SAMPLERS[name]
-    steps = (STEPS + 1) // 2 if name == "heun" else STEPS
+    steps = (steps + 1) // 2 if name == "heun" else steps
     sigmas = ks.get_sigmas_karras(steps, 0.0292, 14.61)
     x = torch.randn((BATCH,) + SHAPE, generator=torch.Generator().manual_seed(0)) * float(sigmas[0])
     model = TimedModel()
@@ -81,10 +83,20 @@ def measure(name: str) -> dict:
 
 def section() -> tuple[str, list[dict]]:
     """Each sampler in a fresh process (peak RSS only grows); returns the markdown table and the rows."""
+    def run(name, steps, env=None) -> dict:
+        out = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(steps)], capture_output=True,
+                             text=True, check=True, env=env)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
     rows = []
-    for name in SAMPLERS:
-        out = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    # memory in a run where every freed batch goes back to the OS at once (peak RSS then counts live tensors, not
+    # heap fragmentation); time in a plain run, since that setting makes every allocation a system call
+    returning = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    for name, steps in [(name, STEPS) for name in SAMPLERS] + [("euler", 2 * STEPS)]:
+        row = run(name, steps, returning)
+        timed = run(name, steps)
+        row.update(own_s=timed["own_s"], fraction=timed["fraction"])
+        rows.append(row)
     lines = ["| sampler | steps | model calls (teacher + student + proof) | fit's own s | own / model time at "
              f"{MODEL_MS:.0f} ms a call | peak extra MiB | of which teacher targets | full-batch tensors besides |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -104,9 +116,10 @@ def section() -> tuple[str, list[dict]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--one", choices=sorted(SAMPLERS))
+    parser.add_argument("--steps", type=int, default=STEPS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(measure(args.one)))
+        print(json.dumps(measure(args.one, args.steps)))
         return 0
     table, _ = section()
     print(table)
