@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 
 from .lambdas_file import LambdaFileError, format_sigmas, load_lambdas, printable
 
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="distill λ on the embedded demo model and write a report (CPU, ~1 min)")
     demo.add_argument("--samplers", type=_sampler_list, default=DEFAULT_SAMPLERS,
-                      help=f"comma-separated base samplers (default {DEFAULT_SAMPLERS}; also heun, lms, dpm_2)")
+                      help=f"comma-separated base samplers (default {DEFAULT_SAMPLERS}; any deterministic k-diffusion "
+                           "sampler: heun, lms, dpm_2, ...)")
     demo.add_argument("--nfe", type=_int_list, default=DEFAULT_BUDGETS,
                       help=f"comma-separated model-call budgets (default {DEFAULT_BUDGETS})")
     demo.add_argument("--batch", type=_int_at_least(1), default=32, help="latents in the fit batch (default 32)")
@@ -62,13 +64,21 @@ def _int_list(text: str) -> list[int]:
 
 
 def _sampler_list(text: str) -> list[str]:
-    from .demo.job import DETERMINISTIC_SAMPLERS
+    from .demo.job import fittable_samplers
 
     names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [name for name in names if name not in DETERMINISTIC_SAMPLERS]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # k-diffusion 0.1.1 imports the deprecated pkg_resources
+            import k_diffusion.sampling as k_sampling
+    except ImportError:  # run_demo_command says how to install it
+        return names
+    known = fittable_samplers(k_sampling)
+    unknown = [name for name in names if name not in known]
     if not names or unknown:
         what = f"unknown sampler(s) {', '.join(unknown)}" if unknown else "no sampler given"
-        raise argparse.ArgumentTypeError(f"{what}; choose from {', '.join(DETERMINISTIC_SAMPLERS)}")
+        raise argparse.ArgumentTypeError(f"{what}; choose from {', '.join(known)} (the deterministic samplers of "
+                                         "k-diffusion, read at run time)")
     return names
 
 

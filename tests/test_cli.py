@@ -82,7 +82,8 @@ def test_a_fitted_schedule_beats_karras_at_the_same_calls(report):
 @pytest.mark.parametrize("flags, message", [
     (["--nfe", "4,x"], "argument --nfe: expected comma-separated integers, got '4,x'"),
     (["--nfe", "1"], "argument --nfe: expected model-call budgets from 2 to 100"),
-    (["--samplers", "euler_ancestral"], "unknown sampler(s) euler_ancestral; choose from euler, heun"),
+    (["--samplers", "euler_ancestral"], "unknown sampler(s) euler_ancestral; choose from dpm_2, dpmpp_2m, euler, "
+                                        "heun, lms (the deterministic samplers of k-diffusion, read at run time)"),
     (["--history", "9"], "argument --history: expected 1, 2, 3 or auto, got '9'"),
     (["--batch", "0"], "argument --batch: expected an integer >= 1, got 0"),
 ])

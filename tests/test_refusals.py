@@ -118,3 +118,11 @@ def test_bad_options_are_named(K, karras, gaussian, x_start):
         distill(gaussian, x_start[:2], karras(4), K.sample_euler, history="auto")
     with pytest.raises(ValueError, match="x holds non-finite values"):
         distill(gaussian, x_start * float("inf"), karras(4), K.sample_euler)
+
+
+def test_a_nan_first_sigma_is_named_not_blamed_on_the_latent(K, gaussian, x_start):
+    """A host builds the start latent as noise * sigmas[0]: a NaN first sigma makes the latent NaN too, and the
+    error must name the schedule, the cause."""
+    sigmas = torch.tensor([float("nan"), 1.0, 0.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"sigmas must be finite and >= 0; got \[nan, 1, 0\]"):
+        distill(gaussian, x_start * sigmas[0], sigmas, K.sample_euler)

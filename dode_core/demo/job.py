@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import NoGainError, SamplerRefusedError, distill, sample
-from ..blackbox import probe_call_sigmas
+from ..blackbox import probe_call_sigmas, refusal_reason
 from .model import SIGMA_MAX, SIGMA_MIN, WEIGHTS_PATH, demo_data, load_demo_model
 
 log = logging.getLogger(__name__)
 
-DETERMINISTIC_SAMPLERS = ("euler", "heun", "dpmpp_2m", "lms", "dpm_2")
 REFERENCE_SAMPLER, REFERENCE_STEPS = "heun", 60
 FD_COMPONENTS = 16
 GRID_SAMPLES = 8
@@ -48,6 +47,14 @@ class Row:
     fit_rmse_after: list[float]
     sigmas: list[float] = field(default_factory=list)
     images: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+
+
+def fittable_samplers(module) -> dict[str, object]:
+    """The samplers of ``module`` (k-diffusion's ``sampling``) that D-ODE can fit, by name, read at run time: every
+    ``sample_*`` function for which refusal_reason finds nothing wrong (no hand-kept list to rot)."""
+    functions = {name.removeprefix("sample_"): getattr(module, name) for name in sorted(dir(module))
+                 if name.startswith("sample_") and callable(getattr(module, name))}
+    return {name: fn for name, fn in functions.items() if refusal_reason(fn) is None}
 
 
 def karras_sigmas(steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = 7.0):
