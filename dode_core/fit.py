@@ -39,7 +39,7 @@ from .blackbox import (
     sampler_name,
     sigma_value,
 )
-from .correction import DODEDenoiser, apply_correction, differences, working_precision
+from .correction import DODEDenoiser, all_finite, apply_correction, differences, working_precision
 from .lambdas_file import MAX_ABS_LAMBDA, Lambdas, format_sigmas
 from .schedule import check_calls_on_schedule, dense_grid, run_dense_teacher, schedule_range
 from .teacher import sample_dpmpp_2m_teacher, teacher_sigmas
@@ -94,12 +94,6 @@ class _CheckedModel(ModelProxy):
         self.progress.step()
         self.dtype = str(denoised.dtype).removeprefix("torch.")
         return denoised
-
-
-def all_finite(tensor: torch.Tensor) -> bool:
-    """Whether every value is finite, at the cost of one reduction: NaN and inf survive a sum; a finite sum that
-    overflowed is told apart by the exact check."""
-    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
 def _non_finite_cfg(extra_args) -> bool:
