@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 from dataclasses import dataclass, field
 
 from dode_core import Lambdas, distill
@@ -115,12 +114,6 @@ def heldout_text(lam: Lambdas) -> str | None:
     base, dode, count = figures
     ratio = f", D-ODE / base {dode / base:.2f}" if base > 0 else ""
     return f"{base:.4g} -> {dode:.4g} ({count} held-out latents{ratio})"
-
-
-def _slug(text, fallback: str) -> str:
-    """A file-name-safe piece: letters, digits, '.', '-' and '_' only."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text or "")).strip("-._")
-    return slug[:60] or fallback
 
 
 def build_file_stem(model: str, base_sampler: str, steps: int, scheduler: str, cfg, history) -> str:
