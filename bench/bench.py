@@ -49,12 +49,10 @@ class Config:
     fit_batch: int
     heldout_batch: int
     nfes: tuple[int, ...]
-    count_batch: int
-    count_nfe: int
 
 
-FULL = Config(fit_batch=128, heldout_batch=256, nfes=(4, 6, 10), count_batch=16, count_nfe=10)
-QUICK = Config(fit_batch=32, heldout_batch=64, nfes=(4, 6), count_batch=8, count_nfe=6)
+FULL = Config(fit_batch=128, heldout_batch=256, nfes=(4, 6, 10))
+QUICK = Config(fit_batch=32, heldout_batch=64, nfes=(4, 6))
 
 
 # ---------------------------------------------------------------------------------------------- helpers

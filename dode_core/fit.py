@@ -442,8 +442,7 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
     grid = grid64.to(device=x.device, dtype=sigmas.dtype)
     teacher_options = options if teacher is sampler else None
     teacher_call_sigmas = _check_teacher(model, x, grid, teacher, extra_args, teacher_options)
-    calls = len(call_sigmas)
-    progress = _Progress(callback, len(teacher_call_sigmas) + 2 * calls)
+    progress = _Progress(callback, len(teacher_call_sigmas) + 2 * len(call_sigmas))
     progress.report()  # (0, total): the host learns the cost, and may cancel, before the first model call
     checked = _CheckedModel(model, progress)
 
@@ -453,11 +452,13 @@ def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_samp
         sigmas, sampler_map, targets = _fit_schedule(checked, x, grid, teacher, steps, fit_count, sampler, name,
                                                      extra_args, options, teacher_options, sigmas.dtype)
         call_sigmas = sampler_map.call_sigmas
+        progress.total = len(teacher_call_sigmas) + 2 * len(call_sigmas)  # the fitted schedule's own calls
     else:
         targets = run_teacher(checked, x, grid, teacher, call_sigmas[1:], teacher_call_sigmas, extra_args=extra_args,
                               options=teacher_options)
     log.info("teacher: %d model calls over %d sigmas", progress.done, len(grid))
 
+    calls = len(call_sigmas)
     max_terms = AUTO_MAX_HISTORY if history == "auto" else history
     checked.role = "student run"
     live = _LiveFit(checked, name, sampler_map, targets, fit_count, history, max_terms)
