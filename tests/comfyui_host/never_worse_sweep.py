@@ -313,11 +313,14 @@ def run_case(server, case: Case, settings: Settings, references: References, ind
     dode_sigmas = entry["outputs"]["dode_sigmas"]["sigmas"]
     metadata = lambda_metadata(server, name)
     row.update(status="delivered", lambda_file=name, **claim_fields(metadata))
-    reference = references.get(case, user_sigmas[0])
-    row.update(compare(latent_values(entry, "base_out"), latent_values(entry, "dode_out"), reference,
-                       settings.test_batch))
-    row["claim_error"] = claim_error(row.get("claim_ratio"), row.get("measured_ratio"))
     row["user_sigmas"], row["dode_sigmas"] = user_sigmas, dode_sigmas
+    try:
+        base, dode = latent_values(entry, "base_out"), latent_values(entry, "dode_out")
+    except ValueError as failure:  # a non-finite result: the fit was delivered but sampling with it broke
+        row.update(status="error", message=str(failure), seconds=round(time.perf_counter() - started, 2))
+        return row
+    row.update(compare(base, dode, references.get(case, user_sigmas[0]), settings.test_batch))
+    row["claim_error"] = claim_error(row.get("claim_ratio"), row.get("measured_ratio"))
     row["seconds"] = round(time.perf_counter() - started, 2)
     return row
 
