@@ -24,8 +24,10 @@ from .lambda_files import (
     list_lambda_files,
     resolve_lambdas,
 )
+from .messages import one_line, user_message
 from .names import (
     DEFAULT_SCHEDULER_NAMES,
+    PROBE_MODEL,
     SamplerSpec,
     check_sampler_name,
     offered_samplers,
@@ -36,6 +38,7 @@ from .sampler_fn import RunContext, make_dode_sampler
 
 __all__ = [
     "DEFAULT_SCHEDULER_NAMES",
+    "PROBE_MODEL",
     "LAMBDAS_FOLDER_NAME",
     "DistillProgress",
     "DistillRefusedError",
@@ -53,9 +56,11 @@ __all__ = [
     "list_lambda_files",
     "make_dode_sampler",
     "offered_samplers",
+    "one_line",
     "parse_distill_request",
     "resolve_lambdas",
     "run_distill_job",
     "sampler_options",
     "spec_for_label",
+    "user_message",
 ]

@@ -161,7 +161,7 @@ def test_a_refused_distill_reaches_the_user_instead_of_a_silent_base_run(webui):
     # issue 11, point 1: {"sampler_name": "Euler a", "steps": 2, ..., "alwayson_scripts": {"D-ODE": {"args":
     # ["", true, 2, "1"]}}} returned an "Euler a" image and no file: the runner swallowed process()'s error
     host = webui()
-    with pytest.raises(ValueError, match=r"sampler 'Euler a' cannot be distilled: .*noise.*Pick one of DPM\+\+ 2M, "
+    with pytest.raises(ValueError, match=r"'Euler a' cannot be distilled: it injects noise. Pick one of DPM\+\+ 2M, "
                                          r"Euler, LMS, Heun, DPM2, Restart.*no λ file was written"):
         host.run(host.P(sampler_name="Euler a", steps=2, batch_size=1), "", True, 2, "1")
     assert files(host) == [] and host.shared.sd_model.calls == 0
@@ -402,3 +402,67 @@ def test_a_run_without_a_file_stops_with_the_message_and_the_override_is_used(we
     with pytest.raises(ValueError, match="mine.safetensors is not in"):
         host.run(host.P(sampler_name="D-ODE Heun", steps=4, batch_size=1), " mine ")
 
+
+# ---- issue 16: samplers refused at the user's step count; issue 19 and the error box, logs, infotext -----------------
+
+def first_line(error) -> str:
+    return str(error).split("\n", 1)[0]
+
+
+@pytest.mark.parametrize("job", ["distill", "sample"])
+def test_restart_is_refused_at_20_steps_before_any_model_call_and_draws_nothing(webui, job):
+    # issue 16: A1111's Restart re-adds noise (from the job's RNG, through TorchHijack) only from 20 steps on, so the
+    # 8-step check that built the list passed it, and a distill at 20 steps crashed with "The size of tensor a (40)
+    # must match the size of tensor b (4)": the probe's one-element latent got p.rng.next(), a full batch of noise
+    from dode_core import SamplerRefusedError
+
+    host = webui()
+    assert "D-ODE Restart" in host.sd_samplers.all_samplers_map  # deterministic below 20 steps: offered
+    draws = counting_draws(host)
+    p = host.P(sampler_name="Restart" if job == "distill" else "D-ODE Restart", steps=20, batch_size=4)
+    with pytest.raises(SamplerRefusedError) as caught:
+        host.run(p, "", *((True, 4, "1") if job == "distill" else ()))
+    assert "D-ODE Restart" in first_line(caught.value) and "injects noise at 20 steps" in first_line(caught.value)
+    assert host.shared.sd_model.calls == 0 and files(host) == []
+    assert draws == [1234]  # the start noise only: no probe drew from the job's random stream
+
+
+def test_restart_below_20_steps_distills_and_samples(webui):
+    host = webui()
+    host.run(host.P(sampler_name="Restart", steps=6, batch_size=4), "", True, 4, "1")
+    (name,) = files(host)
+    assert load_lambdas(os.path.join(host.folder, name)).base_sampler == "restart_sampler"
+    host.run(host.P(sampler_name="D-ODE Restart", steps=6, batch_size=4, seed=7), "")
+
+
+def test_forge_refuses_euler_a_for_its_noise_not_for_an_attribute_it_reads(webui):
+    # Forge's sample_euler_ancestral reads model.inner_model.predictor (flow models take another branch): the
+    # registration probe's stand-in had no such attribute, and the list said "AttributeError"
+    host = webui(forge=True)
+    for label in ("Euler a", "DPM2 a"):
+        assert "injects noise" in host.script.REFUSED[label] and "AttributeError" not in host.script.REFUSED[label]
+
+
+def visible_error(host, run):
+    """What the WebUI's error box shows: A1111's wrap_gradio_call output as a browser renders it (newlines and runs
+    of spaces collapse to one space)."""
+    import html
+    import re
+
+    from modules import call_queue
+
+    *_, box = call_queue.wrap_gradio_call(run)()
+    assert box.startswith("<div class='error'>")
+    return re.sub(r"\s+", " ", html.unescape(box[len("<div class='error'>"):-len("</div>")]))
+
+
+def test_errors_reach_the_error_box_with_what_is_wrong_and_what_to_do_first(webui):
+    host = webui()
+    shown = visible_error(host, lambda: host.run(host.P(sampler_name="D-ODE Heun", steps=4, batch_size=1), ""))
+    summary = shown.split(". ", 1)[0]  # the first sentence, as the user reads the box
+    assert summary.startswith("LambdaResolutionError: D-ODE Heun: no λ file fits this run") and len(summary) < 160
+    assert "Distill" in shown.split(". ", 2)[1]  # what to do comes next, before the details
+    assert "Files there" in shown  # the details follow
+    shown = visible_error(host, lambda: host.run(host.P(sampler_name="D-ODE Restart", steps=24, batch_size=1), ""))
+    summary = shown.split(". ", 1)[0]
+    assert "D-ODE Restart" in summary and "injects noise at 24 steps" in summary and len(summary) < 160
