@@ -24,6 +24,7 @@ from .lambda_files import (
     list_lambda_files,
     resolve_lambdas,
 )
+from .logs import show_own_logs
 from .messages import one_line, user_message
 from .names import (
     DEFAULT_SCHEDULER_NAMES,
@@ -61,6 +62,7 @@ __all__ = [
     "resolve_lambdas",
     "run_distill_job",
     "sampler_options",
+    "show_own_logs",
     "spec_for_label",
     "user_message",
 ]

@@ -53,6 +53,7 @@ from dode_webui import (
     offered_samplers,
     parse_distill_request,
     sampler_options,
+    show_own_logs,
     spec_for_label,
 )
 from dode_webui.distill_job import HISTORY_CHOICES
@@ -201,6 +202,13 @@ def run_context(model) -> RunContext:
     return RunContext(folder=lambdas_folder(), choice=choice, distill=request, infotext=infotext,
                       progress=progress, end_progress=progress.restore, check_interrupt=check_interrupt,
                       teacher_for=teacher_function, hijack_free=quiet)
+
+
+def host_log_level() -> str | None:
+    """The level the user gave the host (A1111 1.10 --loglevel, or SD_WEBUI_LOG_LEVEL), None if none."""
+    from modules import shared
+
+    return getattr(getattr(shared, "cmd_opts", None), "loglevel", None) or os.environ.get("SD_WEBUI_LOG_LEVEL")
 
 
 # ---- registration ---------------------------------------------------------------------------------------------
@@ -360,6 +368,7 @@ class DodeScript(scripts.Script):
                           if wanted else None)
 
 
+show_own_logs(host_log_level())
 try:
     register_samplers()
 except Exception:  # a broken registry must not stop WebUI from starting; the log says why

@@ -466,3 +466,21 @@ def test_errors_reach_the_error_box_with_what_is_wrong_and_what_to_do_first(webu
     shown = visible_error(host, lambda: host.run(host.P(sampler_name="D-ODE Restart", steps=24, batch_size=1), ""))
     summary = shown.split(". ", 1)[0]
     assert "D-ODE Restart" in summary and "injects noise at 24 steps" in summary and len(summary) < 160
+
+
+@pytest.mark.parametrize(("loglevel", "shown"), [(None, True), ("WARNING", False)])
+def test_the_distill_result_and_the_file_used_reach_the_console_at_the_hosts_default_level(webui, capsys, loglevel,
+                                                                                          shown):
+    # A1111 1.10 (modules/logging_config.py setup_logging) configures logging only for --loglevel or
+    # SD_WEBUI_LOG_LEVEL; by default Python shows WARNING and above only, and the extension's INFO lines were lost
+    import logging
+
+    root = logging.getLogger()
+    assert root.getEffectiveLevel() == logging.WARNING
+    host = webui(loglevel=loglevel)
+    host.run(host.P(sampler_name="Euler", steps=4, batch_size=4), "", True, 4, "1")
+    host.run(host.P(sampler_name="D-ODE Euler", steps=4, batch_size=4, seed=5), "")
+    err = capsys.readouterr().err
+    assert ("held-out RMSE" in err and "λ file tiny_euler_4steps" in err) is shown
+    assert root.getEffectiveLevel() == logging.WARNING and not any(
+        type(handler).__module__.startswith("dode") for handler in root.handlers)  # the host's config untouched
