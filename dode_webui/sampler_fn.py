@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 INFOTEXT_SCHEDULE = "D-ODE schedule"
 INFOTEXT_HELDOUT = "D-ODE held-out RMSE"
+INFOTEXT_STEPS = "Steps"  # the host's own key: extra_generation_params override its value in place (create_infotext)
+INFOTEXT_STEPS_REQUESTED = "D-ODE steps requested"
 # What the D-ODE sampler function raises for the user, restated for the error box (anything else keeps its traceback).
 USER_ERRORS = (SamplerRefusedError, LambdaResolutionError, ScheduleMismatchError, NoGainError, LambdaFileError,
                DistillRefusedError)
@@ -56,6 +58,8 @@ class RunContext:
     check_interrupt: raises to stop a distill job (Interrupt / Skip)
     teacher_for:     the host's function for a teacher label ("auto" -> None: dode_core's default)
     hijack_free:     the base sampler as run for probes, replays and the fit (no host random numbers)
+    steps_requested: the steps the user asked for (the infotext's "Steps"), or None where the run's infotext steps
+                     are not ours to correct (a hires pass)
     """
 
     folder: str
@@ -67,6 +71,7 @@ class RunContext:
     check_interrupt: Callable[[], None] | None = None
     teacher_for: Callable[[str], Callable | None] = lambda label: None
     hijack_free: Callable[[Callable], Callable] = _identity
+    steps_requested: int | None = None
 
 
 def sample_with(model, x, sigmas, base, quiet_base, lam: Lambdas, *, call_sigmas=None, extra_args=None, callback=None,
@@ -100,6 +105,16 @@ def distill_for_run(context: RunContext, model, x, sigmas, quiet_base, extra_arg
     if lam.schedule_fitted:
         return Resolution(path, lam, lam.schedule, f"fitted schedule of the λ file ({len(lam.schedule) - 1} steps)")
     return Resolution(path, lam)
+
+
+def note_steps(context: RunContext, sampled: int, host_steps: int) -> None:
+    """The infotext's "Steps" says the steps sampled when the file's own schedule has another count than the host's
+    (A1111, Forge and reForge write ``{"Steps": p.steps, ..., **p.extra_generation_params}``); what the user asked for
+    stays visible as "D-ODE steps requested"."""
+    if context.steps_requested is None or sampled == host_steps:
+        return
+    context.infotext[INFOTEXT_STEPS] = sampled
+    context.infotext[INFOTEXT_STEPS_REQUESTED] = context.steps_requested
 
 
 def make_dode_sampler(spec: SamplerSpec, base_sampler: Callable[[], Callable], context_for: Callable):
@@ -136,8 +151,10 @@ def make_dode_sampler(spec: SamplerSpec, base_sampler: Callable[[], Callable], c
             raise for_the_error_box(error, spec.label) from None
         context.infotext.update(infotext_fields(found.path))
         if found.schedule is not None:
+            host_steps = len(sigmas) - 1
             sigmas, call_sigmas = found.schedule.to(device=sigmas.device, dtype=sigmas.dtype), None
             context.infotext[INFOTEXT_SCHEDULE] = found.note
+            note_steps(context, len(sigmas) - 1, host_steps)
         log.info("%s: λ file %s%s", spec.label, os.path.basename(found.path),
                  f", sampling on the {found.note}" if found.schedule is not None else "")
         try:

@@ -199,9 +199,11 @@ def run_context(model) -> RunContext:
         request.metadata.update(run_metadata(p))
     infotext = p.extra_generation_params if p is not None else {}
     progress = DistillProgress(shared.state)
+    first_pass = p is not None and not getattr(p, "is_hr_pass", False)
     return RunContext(folder=lambdas_folder(), choice=choice, distill=request, infotext=infotext,
                       progress=progress, end_progress=progress.restore, check_interrupt=check_interrupt,
-                      teacher_for=teacher_function, hijack_free=quiet)
+                      teacher_for=teacher_function, hijack_free=quiet,
+                      steps_requested=getattr(p, "steps", None) if first_pass else None)
 
 
 def host_log_level() -> str | None:

@@ -484,3 +484,22 @@ def test_the_distill_result_and_the_file_used_reach_the_console_at_the_hosts_def
     assert ("held-out RMSE" in err and "λ file tiny_euler_4steps" in err) is shown
     assert root.getEffectiveLevel() == logging.WARNING and not any(
         type(handler).__module__.startswith("dode") for handler in root.handlers)  # the host's config untouched
+
+
+@pytest.mark.parametrize("forge", [False, True])
+def test_the_infotext_gives_the_steps_sampled_on_a_fitted_schedule_and_the_steps_asked(webui, K, forge):
+    host = webui(forge=forge)
+    own = K.get_sigmas_exponential(4, 0.1, SIGMA_MAX).double()
+    x0 = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * own[0]
+    lam = distill(GaussianDenoiser(), x0, own, K.sample_euler, teacher_factor=4)
+    os.makedirs(host.folder)
+    Lambdas(lam.lambdas, lam.call_sigmas, {**lam.metadata, "schedule_source": "fitted"}).save(
+        os.path.join(host.folder, "fitted.safetensors"))
+    p = host.P(sampler_name="D-ODE Euler", steps=10, batch_size=4)
+    host.run(p, "fitted")
+    infotext = host.processing.create_infotext(p)
+    assert "Steps: 4," in infotext and "Steps: 10" not in infotext
+    assert "D-ODE steps requested: 10" in infotext
+    plain = host.P(sampler_name="Euler", steps=10, batch_size=1)
+    host.run(plain)
+    assert "Steps: 10," in host.processing.create_infotext(plain)
