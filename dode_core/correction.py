@@ -18,7 +18,14 @@ import threading
 
 import torch
 
-from .blackbox import ModelProxy, probe_call_sigmas, sampler_name, sigma_value
+from .blackbox import (
+    ModelProxy,
+    SamplerRefusedError,
+    check_deterministic,
+    probe_call_sigmas,
+    sampler_name,
+    sigma_value,
+)
 from .lambdas_file import SIGMA_RTOL, Lambdas, ScheduleMismatchError
 
 # Corrections of these output dtypes are returned in the dtype, rounded once. bfloat16 (8-bit mantissa) is not: on
@@ -282,17 +289,53 @@ def schedule_key(model, x, sigmas, sampler, *, extra_args=None, options=None):
         return None
 
 
-def cached_call_sigmas(model, x, sigmas, sampler, *, extra_args=None, options=None) -> list[float]:
-    """``probe_call_sigmas(...)[0]``, run once per schedule_key (the last PROBE_CACHE_SIZE kept).
+class _Refusal(str):
+    """A cached refusal: the message of the SamplerRefusedError the probes raised for a key."""
 
-    A changed schedule, sampler or option changes the key, so it is probed (and refused) before any model call.
+
+def _checked_call_sigmas(model, x, sigmas, sampler, extra_args, options) -> list[float]:
+    """The call sigmas from a zero-output probe, after check_deterministic (two more probes with random outputs and
+    different seeds) found no noise and the same steps on this very schedule; SamplerRefusedError otherwise.
+
+    Stand-in probes only. A sampler may inject noise or choose its steps at some step counts only (A1111's Restart
+    re-adds noise from 20 steps on), so a check at another schedule (the hosts' lists are built at 8 steps) is not
+    enough."""
+    call_sigmas, _ = probe_call_sigmas(model, x, sigmas, sampler, extra_args=extra_args, options=options)
+    where = f"at {len(sigmas) - 1} steps"
+    try:
+        varied = check_deterministic(model, x, sigmas, sampler, extra_args=extra_args, options=options)
+    except SamplerRefusedError as error:
+        raise SamplerRefusedError(f"{where}: {error}") from None
+    if varied != call_sigmas:
+        raise SamplerRefusedError(
+            f"{where}: sampler '{sampler_name(sampler)}' chose other steps when its model's outputs changed (it "
+            "adapts its steps); D-ODE needs a deterministic ODE sampler with fixed steps that is affine in the "
+            "denoised output."
+        )
+    return call_sigmas
+
+
+def cached_call_sigmas(model, x, sigmas, sampler, *, extra_args=None, options=None) -> list[float]:
+    """The sigma of every model call ``sampler`` makes on ``sigmas``, checked for this schedule; run once per
+    schedule_key (the last PROBE_CACHE_SIZE kept).
+
+    Raises SamplerRefusedError (and remembers it for the key) when the sampler injects noise or adapts its steps on
+    this schedule. A changed schedule, sampler or option changes the key, so it is probed (and refused) before any
+    model call. Costs stand-in probes only (three runs on one-element latents), no model evaluation.
     """
     key = schedule_key(model, x, sigmas, sampler, extra_args=extra_args, options=options)
     if key is not None:
         known = _probe_cache.get(key)
+        if isinstance(known, _Refusal):
+            raise SamplerRefusedError(str(known))
         if known is not None:
             return list(known)
-    call_sigmas, _ = probe_call_sigmas(model, x, sigmas, sampler, extra_args=extra_args, options=options)
+    try:
+        call_sigmas = _checked_call_sigmas(model, x, sigmas, sampler, extra_args, options)
+    except SamplerRefusedError as error:
+        if key is not None:
+            _probe_cache.put(key, _Refusal(str(error)))
+        raise
     if key is not None:
         _probe_cache.put(key, tuple(call_sigmas))
     return call_sigmas

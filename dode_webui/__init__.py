@@ -24,8 +24,11 @@ from .lambda_files import (
     list_lambda_files,
     resolve_lambdas,
 )
+from .logs import show_own_logs
+from .messages import one_line, user_message
 from .names import (
     DEFAULT_SCHEDULER_NAMES,
+    PROBE_MODEL,
     SamplerSpec,
     check_sampler_name,
     offered_samplers,
@@ -36,6 +39,7 @@ from .sampler_fn import RunContext, make_dode_sampler
 
 __all__ = [
     "DEFAULT_SCHEDULER_NAMES",
+    "PROBE_MODEL",
     "LAMBDAS_FOLDER_NAME",
     "DistillProgress",
     "DistillRefusedError",
@@ -53,9 +57,12 @@ __all__ = [
     "list_lambda_files",
     "make_dode_sampler",
     "offered_samplers",
+    "one_line",
     "parse_distill_request",
     "resolve_lambdas",
     "run_distill_job",
     "sampler_options",
+    "show_own_logs",
     "spec_for_label",
+    "user_message",
 ]

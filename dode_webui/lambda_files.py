@@ -6,7 +6,6 @@ The files are dode_core's safetensors format, the same as in ComfyUI, so they mo
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from dataclasses import dataclass
 
@@ -15,7 +14,7 @@ import torch
 from dode_core import LambdaFileError, Lambdas, ScheduleMismatchError, load_lambdas, newest_matching
 from dode_core.lambdas_file import format_sigmas
 
-log = logging.getLogger(__name__)
+from .messages import user_message
 
 LAMBDAS_FOLDER_NAME = "dode_lambdas"
 EXTENSION = ".safetensors"
@@ -163,7 +162,9 @@ def resolve_lambdas(folder: str, choice: str | None, base_sampler: str, call_sig
         try:
             lam.check_call_sigmas(call_sigmas)
         except ScheduleMismatchError as error:
-            raise ScheduleMismatchError(f"λ file {os.path.basename(path)}: {error}") from None
+            raise ScheduleMismatchError(user_message(
+                f"λ file {os.path.basename(path)}: fitted for another schedule. Use the scheduler and steps it was "
+                "made with, or distill λ for this run.", str(error))) from None
 
     paths = [os.path.join(folder, name) for name in list_lambda_files(folder)]
     try:
@@ -172,11 +173,11 @@ def resolve_lambdas(folder: str, choice: str | None, base_sampler: str, call_sig
         near = newest_near_match(paths, base_sampler, sigmas, call_sigmas)
         if near is not None:
             return near
-        raise LambdaResolutionError(
-            f"{error}\n(folder: {folder})\nDistill λ for this checkpoint, scheduler and step count (the 'Distill λ "
-            "(D-ODE)' accordion in txt2img), or use the scheduler and steps of one of the files."
-        ) from None
-    log.info("D-ODE: using λ file %s", os.path.basename(path))
+        steps = f"{len(sigmas) - 1} steps, " if sigmas is not None else ""
+        raise LambdaResolutionError(user_message(
+            f"no λ file fits this run ({base_sampler}, {steps}{len(call_sigmas)} model calls). Distill λ for it "
+            "(txt2img: the 'Distill λ (D-ODE)' accordion), or use the scheduler and steps of one of the files below.",
+            f"{error}\n(folder: {folder})")) from None
     return Resolution(path, lam)
 
 
@@ -196,6 +197,4 @@ def newest_near_match(paths, base_sampler: str, sigmas, call_sigmas) -> Resoluti
             found.append((os.stat(path).st_mtime_ns, os.path.basename(path), Resolution(path, lam, lam.schedule, note)))
     if not found:
         return None
-    resolution = max(found, key=lambda item: item[:2])[2]
-    log.info("D-ODE: using λ file %s on its %s", os.path.basename(resolution.path), resolution.note)
-    return resolution
+    return max(found, key=lambda item: item[:2])[2]

@@ -7,7 +7,9 @@ to the default sampler when the rest is unknown, so no name here may end with on
 
 from __future__ import annotations
 
+import inspect
 import json
+import types
 from dataclasses import dataclass, field
 
 from dode_core.blackbox import sampler_name
@@ -36,6 +38,13 @@ ALLOWED_OPTION_KEYS = ("scheduler", "second_order", "discard_next_to_last_sigma"
 
 
 LABEL_PREFIX = "D-ODE "
+
+# The model the registration probe hands the host's samplers (dode_core.refusal_reason's ``model``). WebUI samplers
+# read attributes of the CFG denoiser they get: Forge's vendored k_diffusion (commit dfdcbab) sample_euler_ancestral
+# and sample_dpm_2_ancestral read ``model.inner_model.predictor`` to send flow models (PredictionFlux) down another
+# branch. No checkpoint is loaded when the list is built, so the probe's denoiser has a predictor of no special type:
+# the branch SD 1.x / SDXL checkpoints take. At sampling time the probes see the host's own denoiser.
+PROBE_MODEL = types.SimpleNamespace(inner_model=types.SimpleNamespace(predictor=None))
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,10 @@ def offered_samplers(host_entries, resolve, refusal, scheduler_names=()) -> tupl
             continue
         if any(function is seen for seen in offered_functions):
             continue
+        if not takes_a_schedule(function):
+            refused[label] = ("it takes no sigma schedule (sigma_min, sigma_max and a step count instead) and chooses "
+                              "its own steps")
+            continue
         try:
             reason = refusal(function)
         except Exception as error:  # a host sampler that breaks on the stand-in is not offered; the log says why
@@ -93,6 +106,16 @@ def offered_samplers(host_entries, resolve, refusal, scheduler_names=()) -> tupl
                                  {key: value for key, value in dict(options or {}).items()
                                   if key in ALLOWED_OPTION_KEYS}))
     return specs, refused
+
+
+def takes_a_schedule(function) -> bool:
+    """Whether the host calls ``function`` with ``sigmas`` (k-diffusion's DPM fast / adaptive take
+    ``sigma_min, sigma_max[, n]`` and pick their steps)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return True  # no signature to read: let the probe decide
+    return "sigmas" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def check_sampler_name(name: str, scheduler_names=()) -> str:

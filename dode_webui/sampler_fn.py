@@ -10,20 +10,35 @@ from the host's random stream (``p.rng`` through ``TorchHijack``), as many times
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dode_core import DODEDenoiser, Lambdas, cached_call_sigmas
+from dode_core import (
+    DODEDenoiser,
+    LambdaFileError,
+    Lambdas,
+    NoGainError,
+    SamplerRefusedError,
+    ScheduleMismatchError,
+    cached_call_sigmas,
+)
 from dode_core.blackbox import sampler_name
 
 from .distill_job import DistillRefusedError, DistillRequest, run_distill_job
-from .lambda_files import Resolution, infotext_fields, resolve_lambdas
+from .lambda_files import LambdaResolutionError, Resolution, infotext_fields, resolve_lambdas
+from .messages import for_the_error_box, schedule_refusal
 from .names import SamplerSpec
 
 log = logging.getLogger(__name__)
 
 INFOTEXT_SCHEDULE = "D-ODE schedule"
 INFOTEXT_HELDOUT = "D-ODE held-out RMSE"
+INFOTEXT_STEPS = "Steps"  # the host's own key: extra_generation_params override its value in place (create_infotext)
+INFOTEXT_STEPS_REQUESTED = "D-ODE steps requested"
+# What the D-ODE sampler function raises for the user, restated for the error box (anything else keeps its traceback).
+USER_ERRORS = (SamplerRefusedError, LambdaResolutionError, ScheduleMismatchError, NoGainError, LambdaFileError,
+               DistillRefusedError)
 
 
 def _identity(sampler):
@@ -43,6 +58,8 @@ class RunContext:
     check_interrupt: raises to stop a distill job (Interrupt / Skip)
     teacher_for:     the host's function for a teacher label ("auto" -> None: dode_core's default)
     hijack_free:     the base sampler as run for probes, replays and the fit (no host random numbers)
+    steps_requested: the steps the user asked for (the infotext's "Steps"), or None where the run's infotext steps
+                     are not ours to correct (a hires pass)
     """
 
     folder: str
@@ -54,6 +71,7 @@ class RunContext:
     check_interrupt: Callable[[], None] | None = None
     teacher_for: Callable[[str], Callable | None] = lambda label: None
     hijack_free: Callable[[Callable], Callable] = _identity
+    steps_requested: int | None = None
 
 
 def sample_with(model, x, sigmas, base, quiet_base, lam: Lambdas, *, call_sigmas=None, extra_args=None, callback=None,
@@ -89,30 +107,61 @@ def distill_for_run(context: RunContext, model, x, sigmas, quiet_base, extra_arg
     return Resolution(path, lam)
 
 
+def note_steps(context: RunContext, sampled: int, host_steps: int) -> None:
+    """The infotext's "Steps" says the steps sampled when the file's own schedule has another count than the host's
+    (A1111, Forge and reForge write ``{"Steps": p.steps, ..., **p.extra_generation_params}``); what the user asked for
+    stays visible as "D-ODE steps requested"."""
+    if context.steps_requested is None or sampled == host_steps:
+        return
+    context.infotext[INFOTEXT_STEPS] = sampled
+    context.infotext[INFOTEXT_STEPS_REQUESTED] = context.steps_requested
+
+
 def make_dode_sampler(spec: SamplerSpec, base_sampler: Callable[[], Callable], context_for: Callable):
     """A k-diffusion-signature sampler for ``spec``.
 
     base_sampler(): the host's base function (e.g. its ``k_diffusion.sampling.sample_euler``), looked up per run
     context_for(model): the RunContext of the run the host is doing with this denoiser
+
+    Before the first model call the base sampler is checked on the run's own sigmas (dode_core.cached_call_sigmas:
+    stand-in probes, cached): one that injects noise or chooses its steps at this step count is refused. What the
+    user must read is raised as one short first line and the details (messages.py).
     """
+
+    def find_lambdas(context, model, x, sigmas, base, quiet_base, extra_args, options):
+        steps = len(sigmas) - 1
+        distilling = context.distill is not None and not context.distill.done
+        if distilling and context.distill.refused:
+            raise DistillRefusedError(context.distill.refused)
+        try:
+            call_sigmas = cached_call_sigmas(model, x, sigmas, quiet_base, extra_args=extra_args, options=options)
+        except SamplerRefusedError as error:
+            raise schedule_refusal(error, spec.label, spec.base_label, steps, distilling) from None
+        if distilling:
+            return distill_for_run(context, model, x, sigmas, quiet_base, extra_args, options), None
+        return resolve_lambdas(context.folder, context.choice, sampler_name(base), call_sigmas, sigmas), call_sigmas
 
     def sample_dode(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
         context = context_for(model)
         base = base_sampler()
         quiet_base = context.hijack_free(base)
-        call_sigmas = None
-        if context.distill is not None and not context.distill.done:
-            found = distill_for_run(context, model, x, sigmas, quiet_base, extra_args, options)
-        else:
-            call_sigmas = cached_call_sigmas(model, x, sigmas, quiet_base, extra_args=extra_args, options=options)
-            found = resolve_lambdas(context.folder, context.choice, sampler_name(base), call_sigmas, sigmas)
+        try:
+            found, call_sigmas = find_lambdas(context, model, x, sigmas, base, quiet_base, extra_args, options)
+        except USER_ERRORS as error:
+            raise for_the_error_box(error, spec.label) from None
         context.infotext.update(infotext_fields(found.path))
         if found.schedule is not None:
+            host_steps = len(sigmas) - 1
             sigmas, call_sigmas = found.schedule.to(device=sigmas.device, dtype=sigmas.dtype), None
             context.infotext[INFOTEXT_SCHEDULE] = found.note
-            log.info("D-ODE: sampling on the %s", found.note)
-        return sample_with(model, x, sigmas, base, quiet_base, found.lam, call_sigmas=call_sigmas,
-                           extra_args=extra_args, callback=callback, disable=disable, **options)
+            note_steps(context, len(sigmas) - 1, host_steps)
+        log.info("%s: λ file %s%s", spec.label, os.path.basename(found.path),
+                 f", sampling on the {found.note}" if found.schedule is not None else "")
+        try:
+            return sample_with(model, x, sigmas, base, quiet_base, found.lam, call_sigmas=call_sigmas,
+                               extra_args=extra_args, callback=callback, disable=disable, **options)
+        except USER_ERRORS as error:
+            raise for_the_error_box(error, spec.label) from None
 
     sample_dode.__name__ = sample_dode.__qualname__ = f"sample_dode_{spec.base_name}"
     sample_dode.__doc__ = f"{spec.label}: the host's {spec.base_label} with fitted D-ODE λ."

@@ -34,6 +34,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import sys
 import types
 
 from modules import script_callbacks, scripts
@@ -41,6 +42,7 @@ from modules import script_callbacks, scripts
 from dode_core import refusal_reason
 from dode_webui import (
     LAMBDAS_FOLDER_NAME,
+    PROBE_MODEL,
     DistillProgress,
     DistillRefusedError,
     DistillRequest,
@@ -51,9 +53,11 @@ from dode_webui import (
     offered_samplers,
     parse_distill_request,
     sampler_options,
+    show_own_logs,
     spec_for_label,
 )
 from dode_webui.distill_job import HISTORY_CHOICES
+from dode_webui.messages import not_distillable
 
 log = logging.getLogger("dode_webui")
 
@@ -112,10 +116,15 @@ def kdiffusion_sampling():
 
 
 def resolve_function(funcname):
-    """The host's function for a sampler table entry: the callable itself, or the name in kdiffusion_sampling()."""
+    """The host's function for a sampler table entry, where its KDiffusionSampler finds it: the callable itself, or
+    the name in kdiffusion_sampling(), then (reForge, commit 3b56b26) in modules.sd_samplers_kdiffusion_smea."""
     if callable(funcname):
         return funcname
-    return getattr(kdiffusion_sampling(), str(funcname), None)
+    for module in (kdiffusion_sampling(), sys.modules.get("modules.sd_samplers_kdiffusion_smea")):
+        function = getattr(module, str(funcname), None) if module is not None else None
+        if function is not None:
+            return function
+    return None
 
 
 def base_function(funcname):
@@ -123,9 +132,16 @@ def base_function(funcname):
     return lambda: resolve_function(funcname)
 
 
+def quiet(function):
+    """The host's ``function`` run without the job's RNG: its own module's ``torch`` and the one of the k-diffusion
+    module the host hijacks (A1111's Restart draws through ``k_diffusion.sampling.torch``) are the real torch."""
+    return hijack_free(function, kdiffusion_sampling())
+
+
 def refusal(function):
-    """Why D-ODE cannot fit the host's ``function`` (run hijack-free: the check must not draw from a job's RNG)."""
-    return refusal_reason(hijack_free(function))
+    """Why D-ODE cannot fit the host's ``function`` on the registration probe's stand-in (hijack-free: the check must
+    not draw from a job's RNG; PROBE_MODEL: what the host's samplers read from their model)."""
+    return refusal_reason(quiet(function), model=PROBE_MODEL)
 
 
 def teacher_function(label: str):
@@ -183,9 +199,18 @@ def run_context(model) -> RunContext:
         request.metadata.update(run_metadata(p))
     infotext = p.extra_generation_params if p is not None else {}
     progress = DistillProgress(shared.state)
+    first_pass = p is not None and not getattr(p, "is_hr_pass", False)
     return RunContext(folder=lambdas_folder(), choice=choice, distill=request, infotext=infotext,
                       progress=progress, end_progress=progress.restore, check_interrupt=check_interrupt,
-                      teacher_for=teacher_function, hijack_free=hijack_free)
+                      teacher_for=teacher_function, hijack_free=quiet,
+                      steps_requested=getattr(p, "steps", None) if first_pass else None)
+
+
+def host_log_level() -> str | None:
+    """The level the user gave the host (A1111 1.10 --loglevel, or SD_WEBUI_LOG_LEVEL), None if none."""
+    from modules import shared
+
+    return getattr(getattr(shared, "cmd_opts", None), "loglevel", None) or os.environ.get("SD_WEBUI_LOG_LEVEL")
 
 
 # ---- registration ---------------------------------------------------------------------------------------------
@@ -245,8 +270,11 @@ def register_samplers() -> list[str]:
         cache_clear()
     if new:
         log.info("D-ODE: registered %s", ", ".join(data.name for data in new))
+    if refused:
+        log.info("D-ODE: no D-ODE entry for %s (not deterministic ODE samplers here; reasons at DEBUG level)",
+                 ", ".join(refused))
     for label, reason in refused.items():
-        log.info("D-ODE: no D-ODE entry for %s: %s", label, reason)
+        log.debug("D-ODE: no D-ODE entry for %s: %s", label, reason)
     return [data.name for data in new]
 
 
@@ -283,10 +311,7 @@ def distill_request(p, teacher_factor, history, teacher, fit_schedule, img2img=F
             raise DistillRefusedError("Distill λ (D-ODE) runs in txt2img: the fit starts from pure noise. Untick it "
                                       "here (the API: send false) and distill in txt2img; no λ file was written.")
         if spec is None:
-            reason = REFUSED.get(sampler) or "it is not in this host's sampler table"
-            names = ", ".join(s.base_label for s in OFFERED) or "none on this host"
-            raise DistillRefusedError(f"Distill λ (D-ODE): sampler {sampler!r} cannot be distilled: {reason}. Pick "
-                                      f"one of {names} (or its D-ODE entry); no λ file was written.")
+            raise DistillRefusedError(not_distillable(sampler, REFUSED.get(sampler), [s.base_label for s in OFFERED]))
         request = parse_distill_request(getattr(p, "steps", None), teacher_factor, history, teacher, fit_schedule,
                                         [s.base_label for s in OFFERED])
     except DistillRefusedError as error:
@@ -345,6 +370,7 @@ class DodeScript(scripts.Script):
                           if wanted else None)
 
 
+show_own_logs(host_log_level())
 try:
     register_samplers()
 except Exception:  # a broken registry must not stop WebUI from starting; the log says why

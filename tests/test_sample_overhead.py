@@ -92,6 +92,31 @@ def test_a_changed_schedule_is_refused_before_the_first_model_call(K, karras, pr
     assert probes.calls == 2
 
 
+def sample_restart_like(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """Euler steps that re-add noise halfway from 6 steps on, as A1111's Restart does from 20: deterministic at
+    the step counts a list of samplers is checked at, not at the user's."""
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in, **(extra_args or {}))
+        x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+        if len(sigmas) - 1 >= 6 and i == 2:
+            x = x + torch.randn_like(x) * 0.1
+    return x
+
+
+def test_a_sampler_that_injects_noise_on_this_schedule_is_refused_before_the_first_model_call(K, karras, probes):
+    from dode_core import SamplerRefusedError, cached_call_sigmas
+
+    model = Counting(GaussianDenoiser())
+    assert len(cached_call_sigmas(model, latent(), karras(4, dtype=torch.float32), sample_restart_like)) == 4
+    six = karras(6, dtype=torch.float32)
+    lam = Lambdas(torch.zeros(6, 1), tuple(six[:-1].tolist()), {"base_sampler": "restart_like", "steps": "6"})
+    for _ in range(2):  # the refusal is cached with the schedule: the second run does not probe again
+        with pytest.raises(SamplerRefusedError, match=r"^at 6 steps: sampler 'restart_like' injects noise"):
+            sample(model, latent(), six, sample_restart_like, lam, disable=True)
+    assert probes.calls == 2 and model.calls == 0
+
+
 def test_the_probe_cache_is_bounded(K, karras, probes):
     schedules = [karras(4, sigma_max=80.0 + i, dtype=torch.float32) for i in range(PROBE_CACHE_SIZE + 1)]
     for sigmas in schedules:

@@ -9,7 +9,7 @@ raised in process(), launch_sampling sets the progress fields, initialize instal
 k-diffusion module (reForge: the module its setting chose), and every batch gets a fresh ImageRNG.
 """
 
-import importlib.util
+import contextlib
 import json
 import os
 import sys
@@ -17,97 +17,28 @@ import types
 
 import pytest
 import torch
+from webui_host import A1111_SIGMA_MIN, FORGE_SIGMA_MIN, REFORGE_MODULES, SIGMA_MAX, SDModel, stand_in_host
 
 from dode_core import Lambdas, distill, load_lambdas, sample
 from models import GaussianDenoiser
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-STUB = os.path.join(TESTS, "webui_stub")
-SCRIPT = os.path.join(os.path.dirname(TESTS), "scripts", "dode_webui.py")
 # the host table's deterministic samplers, in the host's order (tests/webui_stub/modules/sd_samplers_kdiffusion.py)
-D_ODE_NAMES = ["D-ODE DPM++ 2M", "D-ODE Euler", "D-ODE LMS", "D-ODE Heun", "D-ODE DPM2"]
-A1111_SIGMA_MIN, FORGE_SIGMA_MIN, SIGMA_MAX = 0.03127, 0.02917, 14.6146  # SD1.5: fp16 table vs recomputed
-REFORGE_MODULES = ("k_diff.k_diffusion.sampling", "ldm_patched.k_diffusion.sampling")
-
-
-class SDModel(GaussianDenoiser):
-    """shared.sd_model of the stand-in: an exact denoiser with an SD1.5-like sigma range."""
-
-    def __init__(self, sigma_min=A1111_SIGMA_MIN, sigma_max=SIGMA_MAX):
-        super().__init__()
-        self.sigma_min, self.sigma_max, self.calls = sigma_min, sigma_max, 0
-
-    def __call__(self, x, sigma, **extra_args):
-        self.calls += 1
-        return super().__call__(x, sigma)
-
-
-def _drop_stub_modules():
-    for name in list(sys.modules):
-        if name == "modules" or name.startswith("modules.") or name == "dode_webui_script" or name in REFORGE_MODULES:
-            del sys.modules[name]
-
-
-def separate_sampling_module(name, K):
-    """A second copy of k-diffusion's sampling.py under ``name`` (own globals, own functions), as reForge ships
-    its own k-diffusion forks next to repositories/k-diffusion."""
-    spec = importlib.util.spec_from_file_location(name, K.__file__)
-    module = importlib.util.module_from_spec(spec)
-    module.__package__ = "k_diffusion"  # its `from . import utils` resolves in the real package
-    spec.loader.exec_module(module)
-    sys.modules[name] = module
-    return module
+D_ODE_NAMES = ["D-ODE DPM++ 2M", "D-ODE Euler", "D-ODE LMS", "D-ODE Heun", "D-ODE DPM2", "D-ODE Restart"]
+FORGE_D_ODE_NAMES = [*D_ODE_NAMES, "D-ODE HeunPP2", "D-ODE IPNDM", "D-ODE IPNDM_V", "D-ODE DEIS"]
 
 
 @pytest.fixture
-def webui(tmp_path, K):
-    """``load(forge=False, reforge=None, before=None)`` executes the script as WebUI does against the stand-in
-    and returns the host; everything (including k-diffusion's ``torch`` global) is restored afterwards."""
-    sys.path.insert(0, STUB)
-    _drop_stub_modules()
+def webui(tmp_path):
+    """``load(forge=False, reforge=None, before=None, loglevel=None)`` executes the script as WebUI does against the
+    stand-in (tests/webui_host.py) and returns the host; everything is restored afterwards."""
+    with contextlib.ExitStack() as stack:
 
-    def load(forge=False, reforge=None, before=None):
-        from modules import shared
+        def load(forge=False, reforge=None, before=None, loglevel=None):
+            kind = "Forge" if forge else "reForge" if reforge is not None else "A1111"
+            return stack.enter_context(stand_in_host(kind, str(tmp_path / "models"), backend=reforge or "A1111",
+                                                     before=before, loglevel=loglevel))
 
-        if reforge is not None:
-            for name in REFORGE_MODULES:
-                separate_sampling_module(name, K)
-            shared.opts.data["sd_sampling"] = reforge
-        from modules import paths, processing, rng, scripts, sd_samplers, sd_samplers_common
-
-        paths.models_path = str(tmp_path / "models")
-        shared.sd_model = SDModel()
-        if forge:  # newer Forge has sd_samplers.add_sampler; A1111 does not
-            added = []
-
-            def add_sampler(data):
-                added.append(data.name)
-                sd_samplers.forge_add_sampler(data)
-
-            sd_samplers.add_sampler = add_sampler
-            sd_samplers.added = added
-        if before is not None:
-            before(sys.modules["modules.sd_samplers_kdiffusion"], sd_samplers)
-        spec = importlib.util.spec_from_file_location("dode_webui_script", SCRIPT)
-        script = importlib.util.module_from_spec(spec)
-        sys.modules["dode_webui_script"] = script
-        spec.loader.exec_module(script)
-
-        def run(p, *script_args):
-            """process_images(p) with the D-ODE script's args (the API's alwayson_scripts args)."""
-            instance = script.DodeScript()
-            instance.args_from, instance.args_to = 0, len(script_args)
-            p.scripts, p.script_args = scripts.ScriptRunner([instance]), list(script_args)
-            return processing.process_images(p)
-
-        return types.SimpleNamespace(script=script, sd_samplers=sd_samplers, shared=shared, state=shared.state,
-                                     folder=str(tmp_path / "models" / "dode_lambdas"), run=run, rng=rng,
-                                     P=processing.StableDiffusionProcessingTxt2Img, common=sd_samplers_common)
-
-    yield load
-    K.torch = torch
-    _drop_stub_modules()
-    sys.path.remove(STUB)
+        yield load
 
 
 def files(host):
@@ -120,7 +51,7 @@ def test_the_offered_samplers_are_the_hosts_deterministic_ones_in_every_registry
     host = webui()
     sd_samplers = host.sd_samplers
     names = [data.name for data in sd_samplers.all_samplers]
-    assert names[-len(D_ODE_NAMES):] == D_ODE_NAMES and len(names) == 12 + len(D_ODE_NAMES)
+    assert names[-len(D_ODE_NAMES):] == D_ODE_NAMES and len(names) == 15 + len(D_ODE_NAMES)
     for name in D_ODE_NAMES:
         assert sd_samplers.all_samplers_map[name].name == name
         assert sd_samplers.samplers_map[name.lower()] == name
@@ -128,8 +59,8 @@ def test_the_offered_samplers_are_the_hosts_deterministic_ones_in_every_registry
     assert sd_samplers.samplers_map["dode_dpmpp_2m"] == "D-ODE DPM++ 2M"  # aliases too
     assert sd_samplers.get_sampler_and_scheduler("D-ODE DPM++ 2M", "Karras") == ("D-ODE DPM++ 2M", "Automatic")
     refused = host.script.REFUSED
-    assert set(refused) == {"DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2S a", "Euler a", "DPM2 a", "DPM fast",
-                            "DPM adaptive"}
+    assert set(refused) == {"DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE",
+                            "Euler a", "DPM2 a", "DPM fast", "DPM adaptive"}
     assert "noise" in refused["Euler a"]
 
 
@@ -162,10 +93,10 @@ def test_a_cached_fallback_answer_is_cleared(webui):
 
 def test_forge_add_sampler_is_used_when_present(webui):
     host = webui(forge=True)
-    assert host.sd_samplers.added == D_ODE_NAMES
-    assert all(name in host.sd_samplers.all_samplers_map for name in D_ODE_NAMES)  # Forge rebinds the map
+    assert host.sd_samplers.added == FORGE_D_ODE_NAMES
+    assert all(name in host.sd_samplers.all_samplers_map for name in FORGE_D_ODE_NAMES)  # Forge rebinds the map
     assert host.script.register_samplers() == []
-    assert host.sd_samplers.added == D_ODE_NAMES
+    assert host.sd_samplers.added == FORGE_D_ODE_NAMES
 
 
 def test_options_are_json_serialisable_and_mirror_the_base(webui):
@@ -230,8 +161,8 @@ def test_a_refused_distill_reaches_the_user_instead_of_a_silent_base_run(webui):
     # issue 11, point 1: {"sampler_name": "Euler a", "steps": 2, ..., "alwayson_scripts": {"D-ODE": {"args":
     # ["", true, 2, "1"]}}} returned an "Euler a" image and no file: the runner swallowed process()'s error
     host = webui()
-    with pytest.raises(ValueError, match=r"sampler 'Euler a' cannot be distilled: .*noise.*Pick one of DPM\+\+ 2M, "
-                                         r"Euler, LMS, Heun, DPM2.*no λ file was written"):
+    with pytest.raises(ValueError, match=r"'Euler a' cannot be distilled: it injects noise. Pick one of DPM\+\+ 2M, "
+                                         r"Euler, LMS, Heun, DPM2, Restart.*no λ file was written"):
         host.run(host.P(sampler_name="Euler a", steps=2, batch_size=1), "", True, 2, "1")
     assert files(host) == [] and host.shared.sd_model.calls == 0
 
@@ -250,7 +181,7 @@ def test_a_distill_asked_of_img2img_is_refused_not_ignored(webui):
     (("", True, "٤", "1"), r"teacher sub-steps per step must be a whole number"),
     (("", True, 4, "9"), r"history terms per call must be a whole number from 1 to 8"),
     (("", True, 4, "1", "Euler a"), r"teacher 'Euler a' is not one of this host's supported samplers; choose auto "
-                                    r"or one of DPM\+\+ 2M, Euler, LMS, Heun, DPM2"),
+                                    r"or one of DPM\+\+ 2M, Euler, LMS, Heun, DPM2, Restart"),
 ])
 def test_bad_distill_arguments_stop_the_job_with_a_message(webui, args, message):
     host = webui()
@@ -345,7 +276,7 @@ def test_reforge_d_ode_corrects_the_sampler_of_the_module_its_setting_chose(webu
     # issue 11, point 4: reForge's samplers come from k_diff.k_diffusion or ldm_patched.k_diffusion by a setting,
     # not from repositories/k-diffusion's k_diffusion.sampling
     host = webui(reforge=backend)
-    chosen = sys.modules[dict(zip(["A1111", "ldm patched (Comfy)"], REFORGE_MODULES, strict=True))[backend]]
+    chosen = sys.modules[REFORGE_MODULES[backend]]
     assert host.script.kdiffusion_sampling() is chosen
     spec = host.script.spec_for_label("Euler", host.script.OFFERED)
     assert host.script.resolve_function(spec.funcname) is chosen.sample_euler is not K.sample_euler
@@ -470,3 +401,105 @@ def test_a_run_without_a_file_stops_with_the_message_and_the_override_is_used(we
         host.run(host.P(sampler_name="D-ODE Heun", steps=4, batch_size=1), "")
     with pytest.raises(ValueError, match="mine.safetensors is not in"):
         host.run(host.P(sampler_name="D-ODE Heun", steps=4, batch_size=1), " mine ")
+
+
+# ---- issue 16: samplers refused at the user's step count; issue 19 and the error box, logs, infotext -----------------
+
+def first_line(error) -> str:
+    return str(error).split("\n", 1)[0]
+
+
+@pytest.mark.parametrize("job", ["distill", "sample"])
+def test_restart_is_refused_at_20_steps_before_any_model_call_and_draws_nothing(webui, job):
+    # issue 16: A1111's Restart re-adds noise (from the job's RNG, through TorchHijack) only from 20 steps on, so the
+    # 8-step check that built the list passed it, and a distill at 20 steps crashed with "The size of tensor a (40)
+    # must match the size of tensor b (4)": the probe's one-element latent got p.rng.next(), a full batch of noise
+    from dode_core import SamplerRefusedError
+
+    host = webui()
+    assert "D-ODE Restart" in host.sd_samplers.all_samplers_map  # deterministic below 20 steps: offered
+    draws = counting_draws(host)
+    p = host.P(sampler_name="Restart" if job == "distill" else "D-ODE Restart", steps=20, batch_size=4)
+    with pytest.raises(SamplerRefusedError) as caught:
+        host.run(p, "", *((True, 4, "1") if job == "distill" else ()))
+    assert "D-ODE Restart" in first_line(caught.value) and "injects noise at 20 steps" in first_line(caught.value)
+    assert host.shared.sd_model.calls == 0 and files(host) == []
+    assert draws == [1234]  # the start noise only: no probe drew from the job's random stream
+
+
+def test_restart_below_20_steps_distills_and_samples(webui):
+    host = webui()
+    host.run(host.P(sampler_name="Restart", steps=6, batch_size=4), "", True, 4, "1")
+    (name,) = files(host)
+    assert load_lambdas(os.path.join(host.folder, name)).base_sampler == "restart_sampler"
+    host.run(host.P(sampler_name="D-ODE Restart", steps=6, batch_size=4, seed=7), "")
+
+
+def test_forge_refuses_euler_a_for_its_noise_not_for_an_attribute_it_reads(webui):
+    # Forge's sample_euler_ancestral reads model.inner_model.predictor (flow models take another branch): the
+    # registration probe's stand-in had no such attribute, and the list said "AttributeError"
+    host = webui(forge=True)
+    for label in ("Euler a", "DPM2 a"):
+        assert "injects noise" in host.script.REFUSED[label] and "AttributeError" not in host.script.REFUSED[label]
+
+
+def visible_error(host, run):
+    """What the WebUI's error box shows: A1111's wrap_gradio_call output as a browser renders it (newlines and runs
+    of spaces collapse to one space)."""
+    import html
+    import re
+
+    from modules import call_queue
+
+    *_, box = call_queue.wrap_gradio_call(run)()
+    assert box.startswith("<div class='error'>")
+    return re.sub(r"\s+", " ", html.unescape(box[len("<div class='error'>"):-len("</div>")]))
+
+
+def test_errors_reach_the_error_box_with_what_is_wrong_and_what_to_do_first(webui):
+    host = webui()
+    shown = visible_error(host, lambda: host.run(host.P(sampler_name="D-ODE Heun", steps=4, batch_size=1), ""))
+    summary = shown.split(". ", 1)[0]  # the first sentence, as the user reads the box
+    assert summary.startswith("LambdaResolutionError: D-ODE Heun: no λ file fits this run") and len(summary) < 160
+    assert "Distill" in shown.split(". ", 2)[1]  # what to do comes next, before the details
+    assert "Files there" in shown  # the details follow
+    shown = visible_error(host, lambda: host.run(host.P(sampler_name="D-ODE Restart", steps=24, batch_size=1), ""))
+    summary = shown.split(". ", 1)[0]
+    assert "D-ODE Restart" in summary and "injects noise at 24 steps" in summary and len(summary) < 160
+
+
+@pytest.mark.parametrize(("loglevel", "shown"), [(None, True), ("WARNING", False)])
+def test_the_distill_result_and_the_file_used_reach_the_console_at_the_hosts_default_level(webui, capsys, loglevel,
+                                                                                          shown):
+    # A1111 1.10 (modules/logging_config.py setup_logging) configures logging only for --loglevel or
+    # SD_WEBUI_LOG_LEVEL; by default Python shows WARNING and above only, and the extension's INFO lines were lost
+    import logging
+
+    root = logging.getLogger()
+    assert root.getEffectiveLevel() == logging.WARNING
+    host = webui(loglevel=loglevel)
+    host.run(host.P(sampler_name="Euler", steps=4, batch_size=4), "", True, 4, "1")
+    host.run(host.P(sampler_name="D-ODE Euler", steps=4, batch_size=4, seed=5), "")
+    err = capsys.readouterr().err
+    assert ("held-out RMSE" in err and "λ file tiny_euler_4steps" in err) is shown
+    assert root.getEffectiveLevel() == logging.WARNING and not any(
+        type(handler).__module__.startswith("dode") for handler in root.handlers)  # the host's config untouched
+
+
+@pytest.mark.parametrize("forge", [False, True])
+def test_the_infotext_gives_the_steps_sampled_on_a_fitted_schedule_and_the_steps_asked(webui, K, forge):
+    host = webui(forge=forge)
+    own = K.get_sigmas_exponential(4, 0.1, SIGMA_MAX).double()
+    x0 = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * own[0]
+    lam = distill(GaussianDenoiser(), x0, own, K.sample_euler, teacher_factor=4)
+    os.makedirs(host.folder)
+    Lambdas(lam.lambdas, lam.call_sigmas, {**lam.metadata, "schedule_source": "fitted"}).save(
+        os.path.join(host.folder, "fitted.safetensors"))
+    p = host.P(sampler_name="D-ODE Euler", steps=10, batch_size=4)
+    host.run(p, "fitted")
+    infotext = host.processing.create_infotext(p)
+    assert "Steps: 4," in infotext and "Steps: 10" not in infotext
+    assert "D-ODE steps requested: 10" in infotext
+    plain = host.P(sampler_name="Euler", steps=10, batch_size=1)
+    host.run(plain)
+    assert "Steps: 10," in host.processing.create_infotext(plain)

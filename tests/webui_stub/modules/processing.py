@@ -3,8 +3,13 @@ decide what a user sees from an extension: ``p.scripts.process(p)`` (errors swal
 batch (``n_iter``): the batch's seeds, a fresh ``p.rng = ImageRNG(shape, seeds)``, the start noise
 ``p.rng.next()``, ``create_sampler(p.sampler_name)``, ``sampler.sample(p, x, ...)`` (errors from it propagate
 to the caller: the API answers with them, the UI shows them), ``state.nextjob()``. No conditioning, VAE,
-saving or hires pass; ``latent_shape`` stands in for (channels, height // 8, width // 8)."""
+saving or hires pass; ``latent_shape`` stands in for (channels, height // 8, width // 8).
 
+``create_infotext(p)`` mirrors the generation-parameters line of create_infotext (the same in A1111 1.10, Forge
+@dfdcbab and reForge @3b56b26): ``{"Steps": p.steps, "Sampler": ..., **p.extra_generation_params, ...}`` joined
+as ``Key: value``, so an extension's key overrides a core key's value in the core key's place."""
+
+import json
 from dataclasses import dataclass, field
 
 from modules import rng, sd_samplers, shared
@@ -60,3 +65,23 @@ def process_images(p):
         batches.append(p.sampler.sample(p, x, None, None))
         state.nextjob()
     return batches
+
+
+def create_infotext(p, index=0):
+    generation_params = {
+        "Steps": p.steps,
+        "Sampler": p.sampler_name,
+        "Schedule type": p.scheduler,
+        "CFG scale": p.cfg_scale,
+        "Seed": p.all_seeds[index],
+        "Size": f"{p.width}x{p.height}",
+        **p.extra_generation_params,
+    }
+    text = ", ".join(f"{key}: {quote(value)}" for key, value in generation_params.items() if value is not None)
+    return f"{p.all_prompts[index]}\nNegative prompt: {p.all_negative_prompts[index]}\n{text}"
+
+
+def quote(text):
+    # modules/infotext_utils.py quote(): JSON-quotes a value holding ',', ':' or '"'
+    text = str(text)
+    return text if "," not in text and "\n" not in text and ":" not in text else json.dumps(text, ensure_ascii=False)

@@ -1,28 +1,43 @@
-"""Mirrors A1111 1.10 modules/sd_samplers_kdiffusion.py (the 1.7+ file with CFGDenoiserKDiffusion and
-KDiffusionSampler(sd_samplers_common.Sampler); Forge and reForge keep its shape):
+"""Mirrors modules/sd_samplers_kdiffusion.py of A1111 1.10 (the 1.7+ file with CFGDenoiserKDiffusion and
+KDiffusionSampler(sd_samplers_common.Sampler); its 1.10 table as carried into Forge at commit e26abf8 "Gradio 4 +
+WebUI 1.10"), Forge (commit dfdcbab) and reForge (commit 3b56b26):
 
-- samplers_k_diffusion: the (label, funcname, aliases, options) table, here A1111 1.10's rows whose functions
-  exist in k-diffusion 0.1.1 (deterministic, ancestral, SDE and adaptive alike);
+- samplers_k_diffusion: the (label, funcname, aliases, options) table of the host being stood in: A1111 1.10's 15
+  rows (Restart's funcname is the callable sd_samplers_extra.restart_sampler); Forge appends HeunPP2, IPNDM,
+  IPNDM_V and DEIS; reForge inserts "Euler A2" and appends four samplers of its sd_samplers_kdiffusion_smea module.
+  The host is Forge when its ``backend`` package is importable, reForge when its "sd_sampling" setting exists;
 - KDiffusionSampler(funcname, sd_model): ``func = funcname if callable(funcname) else getattr(<module>,
-  funcname)`` (reForge: the module its setting chose), ``extra_params`` looked up by funcname;
+  funcname)`` (reForge: the module its setting chose, then sd_samplers_kdiffusion_smea), ``extra_params`` looked up
+  by funcname;
 - sample(p, x, ...): sigmas from ``p.sampler_noise_scheduler_override`` or the scheduler (here Karras over
   the model's sigma range), ``x = x * sigmas[0]``, initialize(p), then launch_sampling(steps, lambda:
   func(model_wrap_cfg, x, extra_args=..., disable=False, callback=callback_state, sigmas=sigmas, **extra));
 - the CFG denoiser raises InterruptedException when ``state.interrupted or state.skipped`` before every model
   call (modules/sd_samplers_cfg_denoiser.py), counts its calls in ``step`` and here calls ``shared.sd_model``."""
 
+import importlib.util
+
 import k_diffusion.sampling
 
-from modules import sd_samplers_common, shared
+from modules import sd_samplers_common, sd_samplers_extra, shared
 from modules.shared import state
+
+FORGE = importlib.util.find_spec("backend") is not None
+REFORGE = "sd_sampling" in shared.opts.data
 
 samplers_k_diffusion = [
     ("DPM++ 2M", "sample_dpmpp_2m", ["k_dpmpp_2m"], {"scheduler": "karras"}),
     ("DPM++ SDE", "sample_dpmpp_sde", ["k_dpmpp_sde"], {"scheduler": "karras", "second_order": True,
                                                          "brownian_noise": True}),
     ("DPM++ 2M SDE", "sample_dpmpp_2m_sde", ["k_dpmpp_2m_sde"], {"scheduler": "exponential", "brownian_noise": True}),
+    ("DPM++ 2M SDE Heun", "sample_dpmpp_2m_sde", ["k_dpmpp_2m_sde_heun"], {"scheduler": "exponential",
+                                                                          "brownian_noise": True,
+                                                                          "solver_type": "heun"}),
     ("DPM++ 2S a", "sample_dpmpp_2s_ancestral", ["k_dpmpp_2s_a"], {"scheduler": "karras", "uses_ensd": True,
                                                                    "second_order": True}),
+    ("DPM++ 3M SDE", "sample_dpmpp_3m_sde", ["k_dpmpp_3m_sde"], {"scheduler": "exponential",
+                                                                 "discard_next_to_last_sigma": True,
+                                                                 "brownian_noise": True}),
     ("Euler a", "sample_euler_ancestral", ["k_euler_a", "k_euler_ancestral"], {"uses_ensd": True}),
     ("Euler", "sample_euler", ["k_euler"], {}),
     ("LMS", "sample_lms", ["k_lms"], {}),
@@ -33,7 +48,27 @@ samplers_k_diffusion = [
                                                          "uses_ensd": True, "second_order": True}),
     ("DPM fast", "sample_dpm_fast", ["k_dpm_fast"], {"uses_ensd": True}),
     ("DPM adaptive", "sample_dpm_adaptive", ["k_dpm_ad"], {"uses_ensd": True}),
+    ("Restart", sd_samplers_extra.restart_sampler, ["restart"], {"scheduler": "karras", "second_order": True}),
 ]
+if FORGE:
+    samplers_k_diffusion += [
+        ("HeunPP2", "sample_heunpp2", ["heunpp2"], {}),
+        ("IPNDM", "sample_ipndm", ["ipndm"], {}),
+        ("IPNDM_V", "sample_ipndm_v", ["ipndm_v"], {}),
+        ("DEIS", "sample_deis", ["deis"], {}),
+    ]
+if REFORGE:
+    from modules import sd_samplers_kdiffusion_smea
+
+    samplers_k_diffusion.insert(7, ("Euler A2", "sample_euler_a2", ["k_euler_a2"], {"uses_ensd": True}))
+    samplers_k_diffusion += [
+        ("Euler Dy", "sample_euler_dy", ["k_euler_dy"], {}),
+        ("Euler SMEA Dy", "sample_euler_smea_dy", ["k_euler_smea_dy"], {}),
+        ("Euler Negative", "sample_euler_negative", ["k_euler_negative"], {}),
+        ("Euler Negative Dy", "sample_euler_dy_negative", ["k_euler_dy_negative"], {}),
+    ]
+else:
+    sd_samplers_kdiffusion_smea = None
 
 sampler_extra_params = {
     "sample_euler": ["s_churn", "s_tmin", "s_tmax", "s_noise"],
@@ -44,6 +79,14 @@ sampler_extra_params = {
 
 def sampling_module():
     return getattr(sd_samplers_common, "sampling", k_diffusion.sampling)
+
+
+def find_function(funcname):
+    """reForge: the chosen sampling module, then sd_samplers_kdiffusion_smea; A1111 / Forge: k_diffusion.sampling."""
+    for module in (sampling_module(), sd_samplers_kdiffusion_smea):
+        if module is not None and hasattr(module, funcname):
+            return getattr(module, funcname)
+    return None
 
 
 class CFGDenoiserKDiffusion:
@@ -66,7 +109,7 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         super().__init__(funcname)
         self.extra_params = sampler_extra_params.get(funcname, [])
         self.options = options or {}
-        self.func = funcname if callable(funcname) else getattr(sampling_module(), self.funcname)
+        self.func = funcname if callable(funcname) else find_function(funcname)
         self.model_wrap_cfg = CFGDenoiserKDiffusion(self)
 
     def get_sigmas(self, p, steps):
@@ -94,5 +137,5 @@ samplers_data_k_diffusion = [
     sd_samplers_common.SamplerData(label, lambda model, funcname=funcname: KDiffusionSampler(funcname, model),
                                    aliases, options)
     for label, funcname, aliases, options in samplers_k_diffusion
-    if callable(funcname) or hasattr(sampling_module(), funcname)
+    if callable(funcname) or find_function(funcname) is not None
 ]

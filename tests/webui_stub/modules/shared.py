@@ -1,4 +1,5 @@
-"""Mirrors the few objects of A1111 1.10 modules/shared.py (opts, state, sd_model, total_tqdm),
+"""Mirrors the few objects of A1111 1.10 modules/shared.py (opts, state, sd_model, total_tqdm, cmd_opts: only
+``--loglevel``, default None as in modules/cmd_args.py),
 modules/options.py (OptionInfo) and modules/shared_state.py (State: job_count / job_no / nextjob,
 sampling_step / sampling_steps, textinfo, interrupted / skipped / interrupt()) that the adapter and the
 stand-in processing loop read; values are the defaults a fresh install has. ``sd_model`` is set by the tests
@@ -60,4 +61,5 @@ class State:
 opts = Options()
 state = State()
 sd_model = None
+cmd_opts = SimpleNamespace(loglevel=None)
 total_tqdm = SimpleNamespace(update=lambda: None, updateTotal=lambda total: None, clear=lambda: None)
