@@ -185,6 +185,17 @@ def _check_finite(name: str, stand_in: _StandIn, final: torch.Tensor, schedule: 
         _refuse(name, f"produced non-finite values (NaN or inf) {where} on {schedule}")
 
 
+def _check_calls_decrease(name: str, call_sigmas: list[float], schedule: str) -> None:
+    """A sampler walks from noise to data; one whose stage calls go back up (heunpp2 evaluates sigma_{i+2}, then
+    sigma_{i+1} again) has no single noise level per call for a teacher state, and a λ file holds call sigmas
+    that never rise."""
+    for k in range(1, len(call_sigmas)):
+        if call_sigmas[k] > call_sigmas[k - 1] * (1 + 1e-6) + 1e-12:
+            _refuse(name, f"calls the model at sigma {call_sigmas[k]:.4g} after sigma {call_sigmas[k - 1]:.4g} (model "
+                          f"call {k}) on {schedule}: its stage sigmas rise, so its calls have no single order from "
+                          "noise to data")
+
+
 MAX_WINDOW = 8  # outputs a step may refer to before the map keeps the whole history
 
 
@@ -230,6 +241,7 @@ def _measure(model, x, sigmas, sampler, extra_args, options, role, dtype) -> Sam
     zeros = _StandIn(model)
     final = _run_probe(model, tiny_latents(x, 1, dtype), sigmas, sampler, zeros, extra_args, options, seed=1)
     _check_finite(name, zeros, final, schedule)
+    _check_calls_decrease(name, zeros.sigmas, schedule)
     calls = len(zeros.sigmas)
 
     # unit basis: latent 0 starts at 1 and gets D = 0; latent 1 + i starts at 0 and gets D_k = [k == i]

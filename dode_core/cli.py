@@ -14,6 +14,7 @@ import time
 import warnings
 
 from .lambdas_file import LambdaFileError, format_sigmas, load_lambdas, printable
+from .rules import proof_lines
 
 DEFAULT_SAMPLERS = "euler,dpmpp_2m"
 DEFAULT_BUDGETS = "4,6,8"
@@ -174,14 +175,10 @@ def run_inspect_command(args) -> int:
 def describe(path: str, lam) -> str:
     """A λ file, readable: metadata, λ per call with its sigma, the schedule. Untrusted text is escaped."""
     lines = [f"VALID {printable(os.fsdecode(path))}"]
-    heldout = lam.heldout()
-    if heldout is None:
-        lines.append("  held-out proof: none (a file from before fits proved themselves); its gain is unknown")
-    else:
-        base, dode, count = heldout
-        lines.append(f"  held-out proof: final-state RMSE to the teacher on {count} latent(s) the fit did not see: "
-                     f"base {base:.4g}, D-ODE {dode:.4g} ({dode / base:.2f}x)" if base > 0 else
-                     f"  held-out proof: base {base:.4g}, D-ODE {dode:.4g} on {count} latent(s)")
+    proof = proof_lines(lam)
+    if not proof:
+        lines.append("  proof: none (a file from before fits proved themselves); its gain is unknown")
+    lines += [f"  {line}" for line in proof]
     lines.append("  metadata:")
     long_fields = {"call_sigmas", "schedule", "fit_rmse_before", "fit_rmse_after", "history_per_call"}
     for key in sorted(lam.metadata):

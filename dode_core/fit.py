@@ -1,4 +1,4 @@
-"""The closed-form, greedy λ fit over a black-box sampler, proved on held-out latents (DESIGN.md §1).
+"""The closed-form, greedy λ fit over a black-box sampler, proved on every latent against what the user runs.
 
 At model call k every standard ODE sampler is affine in the denoised output it is given, so the state it
 reaches next is affine in the λ of that call:
@@ -6,24 +6,28 @@ reaches next is affine in the λ of that call:
     x_next(lambda) = x_next(0) + sum_j lambda_j * v_j,    v_j = beta_k * term_j,
 
 where ``beta_k`` is the weight of this call's output in the next state (measured on free stand-in probes,
-blackbox.measure_sampler) and ``term_j = D_{k-j+1} - D_{k-j}``. lambda_k solves the least-squares problem
-against the teacher state t at the same sigma,
+blackbox.measure_sampler) and ``term_j = D_{k-j+1} - D_{k-j}``. lambda_k is the least-squares fit of
+``x_next`` to the teacher's state at the same sigma, summed in float64 over the batch (crossfit.fit_call).
 
-    G lambda = b,    G_ij = <v_i, v_j>,   b_i = <t - x_next(0), v_i>,
+A fit costs, in runs of the model over the batch:
 
-summed in float64 over the fit latents. The student sampler runs once, live: λ_k is fitted inside model
-call k and the corrected output handed back, so a fit costs one teacher run, one student run and one base
-run on the same batch (the held-out proof).
+    teacher (factor F) + teacher (factor F/2, its convergence estimate) + student + base
+
+The student runs once, live: λ_k is fitted inside model call k, and every latent is handed the output corrected
+with λ fitted *without* it (leave one out), so its final state is an honest, held-out D-ODE result. The base
+run is what the user runs without the plugin: the base sampler on the user's schedule. D-ODE is delivered only
+if it beats that base on the batch by more than chance (crossfit.proves_gain). With ``fit_schedule`` the
+teacher runs on a dense grid instead, and a second student run and base run try the fitted schedule; the better
+D-ODE of the two schedules is delivered, still judged against the base on the user's.
 """
 
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -31,7 +35,6 @@ from .blackbox import (
     ModelProxy,
     SamplerMap,
     SamplerRefusedError,
-    check_deterministic,
     check_follows_schedule,
     close_enough,
     measure_sampler,
@@ -39,22 +42,57 @@ from .blackbox import (
     sampler_name,
     sigma_value,
 )
-from .correction import DODEDenoiser, all_finite, apply_correction, differences, working_precision
-from .lambdas_file import MAX_ABS_LAMBDA, Lambdas, format_sigmas
-from .schedule import check_calls_on_schedule, dense_grid, run_dense_teacher, schedule_range
-from .teacher import sample_dpmpp_2m_teacher, teacher_sigmas
+from .correction import all_finite, differences, working_precision
+from .crossfit import CallFit, batch_stats, dots, fit_call, proves_gain
+from .lambdas_file import Lambdas, format_sigmas
+from .schedule import check_calls_on_schedule, dense_grid, merge_points, run_dense_teacher, schedule_range
+from .teacher import (
+    check_teacher,
+    convergence_error,
+    half_grid,
+    model_sigma_min,
+    run_teacher,
+    sample_dpmpp_2m_teacher,
+    student_points,
+    teacher_order,
+    teacher_sigmas,
+)
 from .version import __version__
 
 log = logging.getLogger(__name__)
 
 AUTO_MAX_HISTORY = 3
-HELD_OUT_EVERY = 4  # history="auto": every 4th fit latent is held out to choose the term count
+MIN_BATCH = 4  # every latent is judged by λ fitted on the others: fewer cannot show a gain beyond chance
 MAX_TEACHER_STEPS = 20_000  # steps x teacher_factor: beyond this a fit is a mistake, not a wish
-SHRINK_CANDIDATES = (0.5,)  # tried, each at one more student run, when the full λ do not beat the base
+# the teacher must be clearly closer to the ODE's end than the base sampler it proves D-ODE against
+TEACHER_MARGIN = 0.25
 
 
 class NoGainError(ValueError):
-    """The fitted λ were not better than the base sampler on the held-out latents; no λ are delivered."""
+    """D-ODE was not better than the base sampler on the batch (each latent judged with λ fitted without it);
+    no λ are delivered."""
+
+
+class TeacherNotConvergedError(ValueError):
+    """The teacher run is not clearly closer to the ODE's end than the base sampler: it cannot prove anything."""
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """What one distill call was asked for, checked (see distill)."""
+
+    teacher_factor: int
+    teacher: object
+    history: int | str
+    fit_schedule: bool
+    sigma_min: float
+    extra_args: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # the student sampler's
+    teacher_options: dict = field(default_factory=dict)  # the same, when the teacher is the student's function
+
+    @property
+    def max_terms(self) -> int:
+        return AUTO_MAX_HISTORY if self.history == "auto" else int(self.history)
 
 
 class _Progress:
@@ -101,8 +139,8 @@ def _non_finite_cfg(extra_args) -> bool:
     return isinstance(value, (int, float)) and not math.isfinite(value)
 
 
-def check_inputs(x, sigmas, teacher_factor, history, holdout) -> int:
-    """Clear errors for a schedule, latent or option that cannot be distilled; returns the held-out count."""
+def check_inputs(x, sigmas, teacher_factor, history) -> None:
+    """Clear errors for a schedule, latent or option that cannot be distilled."""
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] < 1:
         raise ValueError(f"x must be a batch of latents (batch, ...); got {getattr(x, 'shape', type(x))}.")
     if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1:
@@ -116,165 +154,37 @@ def check_inputs(x, sigmas, teacher_factor, history, holdout) -> int:
         raise ValueError(f"sigmas must decrease; got {format_sigmas(sigmas)}.")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x holds non-finite values (NaN or inf); expected a finite start latent.")
-    if isinstance(teacher_factor, bool) or not isinstance(teacher_factor, int) or teacher_factor < 1:
-        raise ValueError(f"teacher_factor must be an integer >= 1; got {teacher_factor!r}.")
+    if isinstance(teacher_factor, bool) or not isinstance(teacher_factor, int) or teacher_factor < 2:
+        raise ValueError(f"teacher_factor must be an integer >= 2 (the teacher's error is measured against its "
+                         f"own run at half the factor); got {teacher_factor!r}.")
     if (len(sigmas) - 1) * teacher_factor > MAX_TEACHER_STEPS:
         raise ValueError(f"steps x teacher_factor = {len(sigmas) - 1} x {teacher_factor} is over "
                          f"{MAX_TEACHER_STEPS}; the teacher would make at least that many model calls. "
                          "Use fewer steps or a smaller teacher_factor (10 is plenty).")
     if history != "auto" and (isinstance(history, bool) or not isinstance(history, int) or not 1 <= history <= 8):
         raise ValueError(f"history must be 1 to 8 or 'auto'; got {history!r}.")
-    batch = x.shape[0]
-    if batch < 2:
-        raise ValueError("D-ODE proves every fit on latents it was not fitted on, so it needs a batch of at least "
-                         "2 latents (4 to 16 is reasonable); got 1.")
-    if holdout is None:
-        holdout = max(1, batch // 4)
-    if isinstance(holdout, bool) or not isinstance(holdout, int) or not 1 <= holdout < batch:
-        raise ValueError(f"holdout must be an integer from 1 to batch - 1 = {batch - 1}; got {holdout!r}.")
-    if history == "auto" and batch - holdout < HELD_OUT_EVERY:
-        raise ValueError(f"history='auto' holds out every {HELD_OUT_EVERY}th fit latent to choose the number of "
-                         f"terms, so it needs at least {HELD_OUT_EVERY} fit latents besides the {holdout} held "
-                         f"out; got a batch of {batch}.")
-    return holdout
+    if x.shape[0] < MIN_BATCH:
+        raise ValueError(f"D-ODE proves every fit on latents it was not fitted on (each latent against λ fitted on "
+                         f"the others), so it needs a batch of at least {MIN_BATCH} latents (8 to 16 give a sharper "
+                         f"proof); got {x.shape[0]}.")
 
 
-def _check_teacher(model, x, grid, teacher, extra_args, options) -> list[float]:
-    """The teacher's call sigmas, from free probes; refuses a teacher that injects noise or breaks on the grid."""
-    try:
-        return check_deterministic(model, x, grid, teacher, extra_args=extra_args, options=options,
-                                   role="the teacher grid")
-    except SamplerRefusedError as error:
-        raise SamplerRefusedError(f"{error}\nAs the teacher, choose a deterministic ODE sampler (the default, "
-                                  "dpmpp_2m_teacher, always is).") from None
+class _CrossFitRun(ModelProxy):
+    """The student run, driven by the real sampler once: at call k it reads the state the sampler passes, checks
+    it against the state the sampler's affine map predicted, calls the model, fits λ_k (crossfit.fit_call) and
+    hands back each latent's output corrected with the λ fitted without it. Holds O(history + window)
+    full-batch tensors."""
 
-
-def _teacher_call_indices(teacher_calls: list[float], wanted: list[float], name: str) -> list[int]:
-    """For each wanted sigma, the index of the teacher's *last* call there (so a Heun-style predictor stage at
-    the same sigma does not count as the state)."""
-    indices = []
-    for sigma in wanted:
-        found = [i for i, s in enumerate(teacher_calls) if math.isclose(s, sigma, rel_tol=1e-5, abs_tol=1e-8)]
-        if not found:
-            raise SamplerRefusedError(f"teacher sampler '{name}' does not call the model at sigma {sigma:.4g}, "
-                                      "so its state there cannot be read; choose another teacher.")
-        indices.append(found[-1])
-    return indices
-
-
-class _Recorder(ModelProxy):
-    """Passes calls through and keeps, on the CPU, the inputs of the calls at ``indices``."""
-
-    def __init__(self, model, indices):
-        super().__init__(model)
-        self.wanted = set(indices)
-        self.states: dict[int, torch.Tensor] = {}
-        self.count = 0
-
-    def __call__(self, x, sigma, **extra_args):
-        if self.count in self.wanted:
-            self.states[self.count] = x.detach().to("cpu", copy=True)
-        self.count += 1
-        return self.inner(x, sigma, **extra_args)
-
-
-def run_teacher(model, x, grid, teacher, wanted_sigmas, teacher_calls, *, extra_args=None, options=None):
-    """Run ``teacher`` over ``grid`` from ``x``; return its states at ``wanted_sigmas`` (read from its model
-    inputs: the last call at each sigma), then its result (the state at the grid's last sigma), on the CPU."""
-    indices = _teacher_call_indices(teacher_calls, wanted_sigmas, sampler_name(teacher))
-    recorder = _Recorder(model, indices)
-    final = teacher(recorder, x.clone(), grid.clone(), extra_args=dict(extra_args or {}), callback=None, disable=True,
-                    **(options or {}))
-    return [recorder.states[i] for i in indices] + [final.detach().to("cpu", copy=True)]
-
-
-def _dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    """Per-latent inner products ``out[n, i, j] = <a_i[n], b_j[n]>`` as float64 on the CPU (the sums are formed
-    in the tensors' own precision, at least float32, on their device: no float64 on devices that lack it)."""
-    flat_a = [t.reshape(t.shape[0], -1) for t in a]
-    flat_b = [t.reshape(t.shape[0], -1) for t in b]
-    out = torch.stack([torch.stack([(u * v).sum(-1) for v in flat_b], -1) for u in flat_a], -2)
-    return out.to("cpu", torch.float64)
-
-
-def _batch_stats(terms: list[torch.Tensor], residual: torch.Tensor):
-    """Per-latent Gram matrices G (B, m, m), right sides b (B, m) and residual energies c (B,), float64, CPU."""
-    G = _dots(terms, terms)
-    b = _dots(terms, [residual])[..., 0]
-    c = _dots([residual], [residual])[:, 0, 0]
-    return G, b, c
-
-
-def _solve(G: torch.Tensor, b: torch.Tensor, floor: float) -> torch.Tensor:
-    """Least squares ``G lam = b``; directions with energy below ``floor`` get no λ (no rounding noise fits)."""
-    return torch.linalg.pinv(G, atol=floor, rtol=1e-12, hermitian=True) @ b
-
-
-def _residual_energy(G, b, c, lam) -> torch.Tensor:
-    """``||r - V lam||^2 = c - 2 lam.b + lam^T G lam``."""
-    return c - 2 * lam @ b + lam @ G @ lam
-
-
-def _choose_term_count(G, b, c, floor: float) -> int:
-    """The number of history terms (1..m) with the lowest error on the held-out latents."""
-    held_out = torch.arange(len(c), device=c.device) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
-    G_fit, b_fit = G[~held_out].sum(0), b[~held_out].sum(0)
-    G_out, b_out, c_out = G[held_out].sum(0), b[held_out].sum(0), c[held_out].sum()
-    errors = []
-    for m in range(1, G.shape[-1] + 1):
-        lam = _solve(G_fit[:m, :m], b_fit[:m], floor)
-        errors.append(float(_residual_energy(G_out[:m, :m], b_out[:m], c_out, lam)))
-    return 1 + min(range(len(errors)), key=errors.__getitem__)  # ties go to fewer terms
-
-
-@dataclass
-class _CallFit:
-    """The fit of one call: its λ (float64, exactly what the file holds), the terms used, and the squared
-    error of the next state on the fit latents before (λ = 0) and after."""
-
-    lambdas: torch.Tensor
-    terms: int
-    energy_before: float
-    energy_after: float
-
-
-def fit_call(x_zero, vs, target, history, max_terms: int) -> _CallFit:
-    """λ of one call: least squares of ``target - x_zero`` on the directions ``vs`` (all (B, ...), one device)."""
-    residual = target - x_zero
-    lam = torch.zeros(max_terms, dtype=torch.float64)
-    if not vs:  # the first call has no earlier output to correct with
-        energy = float(_dots([residual], [residual]).sum())
-        return _CallFit(lam, 0, energy, energy)
-    G, b, c = _batch_stats(vs, residual)
-    # directions with energy below (1e-6 |x|)^2 are rounding, not signal: they get no λ
-    floor = 1e-12 * float(_dots([x_zero], [x_zero]).sum())
-    terms = _choose_term_count(G, b, c, floor) if history == "auto" else len(vs)
-    G, b, c = G.sum(0), b.sum(0), c.sum()
-    lam[:terms] = _solve(G[:terms, :terms], b[:terms], floor)
-    if not bool(lam.abs().max() <= MAX_ABS_LAMBDA):  # a near-degenerate direction, not a correction
-        log.info("a call's λ %s are beyond %g: this call is left uncorrected", lam.tolist(), MAX_ABS_LAMBDA)
-        lam.zero_()
-        terms = 0
-    lam = lam.float().double()  # exactly the λ the file will hold
-    used = lam[: len(vs)]
-    return _CallFit(lam, terms, float(c), float(_residual_energy(G, b, c, used)))
-
-
-class _LiveFit(ModelProxy):
-    """The student run, driven by the real sampler once: at call k it reads the state the sampler passes,
-    checks it against the state the sampler's affine map predicted, calls the model, fits λ_k on the fit latents
-    and hands back the corrected output. Holds O(history + window) full-batch tensors."""
-
-    def __init__(self, model, name, sampler_map: SamplerMap, targets, fit_count: int, history, max_terms: int):
+    def __init__(self, model, name, sampler_map: SamplerMap, targets, history, max_terms: int):
         super().__init__(model)
         self.name, self.map, self.targets = name, sampler_map, targets
-        self.fit_count, self.history, self.max_terms = fit_count, history, max_terms
+        self.history, self.max_terms = history, max_terms
         self.raw: list[torch.Tensor] = []  # the last max_terms + 1 raw outputs (working precision)
         self.given: list[torch.Tensor] = []  # the last outputs_kept corrected outputs the sampler was given
         self.start: torch.Tensor | None = None
         self.predicted: torch.Tensor | None = None  # the next input the map predicts
         self.predicted_scale = 0.0  # the norms of the terms summed into it, for the rounding tolerance
-        self.fits: list[_CallFit] = []
+        self.fits: list[CallFit] = []
 
     def refuse(self, why: str):
         raise SamplerRefusedError(f"sampler '{self.name}' {why}; D-ODE needs a deterministic ODE sampler with "
@@ -311,201 +221,279 @@ class _LiveFit(ModelProxy):
         for beta, output in zip(step.betas, earlier + [denoised], strict=True):
             x_zero.add_(output, alpha=beta)
             scale += abs(beta) * float(output.norm())
-        vs = [term * step.own for term in terms]
+        directions = [term * step.own for term in terms]
 
-        fit = self.fit_count
-        target = self.targets[k].to(x_zero.device, x_zero.dtype)
-        call_fit = fit_call(x_zero[:fit], [v[:fit] for v in vs], target[:fit], self.history, self.max_terms)
+        call_fit = self._fit(x_zero, directions, k)
         self.fits.append(call_fit)
-        lambdas_k = call_fit.lambdas.float()
-        corrected = apply_correction(denoised, terms, lambdas_k[: len(terms)])
-        for lam, v in zip(lambdas_k.tolist(), vs, strict=False):
-            x_zero.add_(v, alpha=lam)
-            scale += abs(lam) * float(v.norm())
+        corrected = denoised
+        if call_fit.terms:
+            corrected = denoised.clone()
+            for j in range(call_fit.terms):
+                lam = _per_latent(call_fit.per_latent[:, j], denoised)
+                corrected.add_(terms[j] * lam)
+                x_zero.add_(directions[j] * lam)
+                scale += float(call_fit.per_latent[:, j].abs().max()) * float(directions[j].norm())
         self.predicted, self.predicted_scale = x_zero, scale
         self.given.append(corrected)
         del self.given[: -max(self.map.outputs_kept, 1)]
         return corrected
 
-
-def distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, teacher_sampler=None, history=1,
-            holdout=None, callback=None, options=None, fit_schedule=False) -> Lambdas:
-    """Fit D-ODE λ for ``sampler`` on ``sigmas`` against a ``teacher_factor``-times finer teacher run, and prove
-    them on latents the fit did not see.
-
-    model:    ``model(x, sigma, **extra_args) -> denoised`` (k-diffusion convention)
-    x:        a batch of at least 2 start latents, already at noise level ``sigmas[0]``
-    teacher_sampler: the teacher's sampler function; None: DPM-Solver++(2M) on the teacher grid
-              (teacher.sample_dpmpp_2m_teacher), chosen by measurement (see the README)
-    history:  terms per call (1 = the paper's single λ), or "auto": 1 to 3 per call, chosen on held-out latents
-    holdout:  how many latents (the last ones of ``x``) are held out of the fit to prove it; default batch // 4
-    callback: ``callback(done, total)`` after each model evaluation; raise to cancel
-    options:  extra keyword arguments for the sampler (as ComfyUI's ``extra_options``)
-    fit_schedule: choose the schedule too. ``sigmas`` then gives only the step count and the range (its first
-              sigma, its smallest positive one, the final 0); the teacher runs once over a dense grid of
-              ``teacher_factor * steps`` sigmas in that range, the schedule with the least summed one-step error
-              on the fit latents is chosen from that run (dode_core.schedule), and λ are fitted on it against the
-              same run: still one teacher run plus one student run. ``lam.schedule`` holds the chosen sigmas.
-
-    The held-out proof (final-state RMSE to the teacher, base sampler vs D-ODE) goes into the metadata. If D-ODE
-    is not better than the base on the held-out latents, even with its λ shrunk, NoGainError says so and no λ
-    are returned. The global random state is left as it was found.
-    """
-    with torch.no_grad(), private_rng():
-        return _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_sampler, history, holdout,
-                        callback, options, fit_schedule)
+    def _fit(self, x_zero, directions, k) -> CallFit:
+        residual = self.targets[k].to(x_zero.device, x_zero.dtype) - x_zero
+        if not directions:  # the first call has no earlier output to correct with
+            energy = float(dots([residual], [residual]).sum())
+            return CallFit(torch.zeros(self.max_terms, dtype=torch.float64),
+                           torch.zeros(x_zero.shape[0], self.max_terms, dtype=torch.float64), 0, energy, energy)
+        G, b, c = batch_stats(directions, residual)
+        # directions with energy below (1e-6 |x|)^2 are rounding, not signal: they get no λ
+        floor = 1e-12 * float(dots([x_zero], [x_zero]).sum())
+        return fit_call(G, b, c, floor, self.history, self.max_terms)
 
 
-def _latent_errors(final: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+def _per_latent(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) float64 λ as a (B, 1, ..., 1) tensor in ``like``'s dtype and device."""
+    return values.to(like.device, like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def latent_errors(final: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Mean squared error of each latent's final state (float64, CPU)."""
-    error = final.detach().to("cpu", torch.float64) - reference.to(torch.float64)
+    error = final.detach().to("cpu", torch.float64) - reference.to("cpu", torch.float64)
     return error.reshape(error.shape[0], -1).square().mean(-1)
 
 
-def proves_gain(base_errors: torch.Tensor, dode_errors: torch.Tensor) -> bool:
-    """Whether D-ODE beats the base on the held-out latents by more than chance: the mean per-latent gain
-    ``g_i = e_base,i - e_dode,i`` must exceed its standard error ``std(g) / sqrt(n)`` (with one latent: be
-    positive). A few latents that land on another image dominate an RMSE; the paired test keeps such luck out."""
-    gain = base_errors - dode_errors
-    if len(gain) < 2:
-        return bool(gain.mean() > 0)
-    return bool(gain.mean() > gain.std() / math.sqrt(len(gain)))
+def _rmse(errors: torch.Tensor) -> float:
+    return float(errors.mean().sqrt())
 
 
-def _held_out_rerun(checked, progress, x, sigmas, sampler, call_sigmas, extra_args, options, fit_count, lambdas):
-    """One more run of the batch with ``lambdas`` applied (a candidate of the proof); its held-out final states."""
-    progress.total += len(call_sigmas)
-    checked.role = "held-out check of shrunk λ"
-    candidate = Lambdas(lambdas, tuple(call_sigmas), {"base_sampler": sampler_name(sampler)})
-    final = sampler(DODEDenoiser(checked, candidate), x.clone(), sigmas.clone(), extra_args=dict(extra_args),
-                    callback=None, disable=True, **(options or {}))
-    return final[fit_count:]
+def ratio_standard_error(base_errors: torch.Tensor, dode_errors: torch.Tensor) -> float:
+    """Standard error of ``R = sqrt(sum e_dode / sum e_base)`` over the latents (delta method, paired):
+
+        SE(R) = std(e_dode,i - R^2 e_base,i) / (sqrt(n) mean(e_base) 2 R)
+
+    With 8 latents it is typically 10-20% of R: what a claim made on the fit batch can promise."""
+    count = len(base_errors)
+    ratio_squared = float(dode_errors.sum() / base_errors.sum())
+    if count < 2 or ratio_squared <= 0:
+        return 0.0
+    spread = float((dode_errors - ratio_squared * base_errors).std())
+    return spread / (math.sqrt(count) * float(base_errors.mean()) * 2 * math.sqrt(ratio_squared))
 
 
-def _held_out_proof(name, holdout, base_errors, dode_errors, lambdas, rerun, teacher_final, history):
-    """The scale of λ to deliver (1, or a shrink that proves itself) with both held-out RMSEs and the number of runs
-    the proof took; NoGainError when no candidate beats the base by more than chance."""
-    scale, runs = 1.0, 1
-    for shrink in SHRINK_CANDIDATES:
-        if proves_gain(base_errors, dode_errors):
-            break
-        log.info("D-ODE %s: held-out gain not shown (RMSE base %.4g, D-ODE %.4g); trying λ x %g", name,
-                 float(base_errors.mean().sqrt()), float(dode_errors.mean().sqrt()), shrink)
-        candidate_errors, runs = _latent_errors(rerun(lambdas * shrink), teacher_final), runs + 1
-        if proves_gain(base_errors, candidate_errors) or candidate_errors.mean() < dode_errors.mean():
-            dode_errors, scale = candidate_errors, shrink
-    rmse_base, rmse_dode = float(base_errors.mean().sqrt()), float(dode_errors.mean().sqrt())
-    if not proves_gain(base_errors, dode_errors):
-        raise NoGainError(
-            f"D-ODE did not beat the base sampler '{name}' on the {holdout} held-out latent(s) by more than chance "
-            f"(final-state RMSE to the teacher: base {rmse_base:.4g}, D-ODE {rmse_dode:.4g}); no λ file was "
-            "written. Here the base sampler is already about as close to the teacher as λ can bring it: try "
-            f"history={'auto' if history == 1 else 1}, a larger batch (more held-out latents make the proof "
-            "sharper), or keep the base sampler."
-        )
-    return scale, rmse_base, rmse_dode, runs
+@dataclass
+class _Candidate:
+    """D-ODE on one schedule: its sigmas, map, per-call fits and each latent's cross-fitted squared final error,
+    with the base sampler's on the same schedule."""
+
+    source: str  # "user" or "fitted"
+    sigmas: torch.Tensor
+    sampler_map: SamplerMap
+    fits: list[CallFit]
+    dode_errors: torch.Tensor
+    base_errors: torch.Tensor
 
 
-def _fit_schedule(checked, x, grid, teacher, steps, fit_count, sampler, name, extra_args, options, teacher_options,
-                  dtype):
-    """The dense teacher run, the schedule chosen from it on the fit latents, the student's map on that schedule
-    and the λ targets read from the same run (the state at the sigma of every next call, the result at 0)."""
-    run = run_dense_teacher(checked, x, grid, teacher, extra_args=extra_args, options=teacher_options)
-    sigmas = run.choose(steps, fit_count)[0].to(device=x.device, dtype=dtype)
-    sampler_map = measure_sampler(checked.inner, x, sigmas, sampler, extra_args=extra_args, options=options)
-    check_calls_on_schedule(sampler_map.call_sigmas, sigmas, name)
-    log.info("fitted schedule for %s: %s", name, format_sigmas(sigmas))
-    return sigmas, sampler_map, [run.state_at(s) for s in sampler_map.call_sigmas[1:] + [0.0]]
+class _Fit:
+    """One distill: the model (checked, counted), the options and the runs of the sampler over the batch."""
+
+    def __init__(self, model, x, sampler, opts: FitOptions, progress: _Progress):
+        self.model, self.x, self.sampler, self.opts = model, x, sampler, opts
+        self.name = sampler_name(sampler)
+        self.progress = progress
+        self.checked = _CheckedModel(model, progress)
+
+    def run(self, model, sigmas, role: str) -> torch.Tensor:
+        """One run of the student sampler over the batch (a copy of the schedule each: ComfyUI's UniPC writes
+        into the one it is given)."""
+        self.checked.role = role
+        return self.sampler(model, self.x.clone(), sigmas.clone(), extra_args=dict(self.opts.extra_args),
+                            callback=None, disable=True, **self.opts.options)
+
+    def teacher_run(self, grid, wanted_sigmas, teacher_calls, role: str):
+        self.checked.role = role
+        return run_teacher(self.checked, self.x, grid, self.opts.teacher, wanted_sigmas, teacher_calls,
+                           extra_args=self.opts.extra_args, options=self.opts.teacher_options)
+
+    def candidate(self, source, sigmas, sampler_map, targets, reference, base_final=None) -> _Candidate:
+        """Cross-fitted D-ODE and the base on ``sigmas`` (its run, unless given), both scored against ``reference``
+        (the teacher's end)."""
+        live = _CrossFitRun(self.checked, self.name, sampler_map, targets, self.opts.history, self.opts.max_terms)
+        dode_final = self.run(live, sigmas, f"student run ({source} schedule)")
+        calls = len(sampler_map.call_sigmas)
+        if len(live.fits) != calls:
+            live.refuse(f"made {len(live.fits)} model calls, not the {calls} of its free probe run")
+        live.check_state(dode_final, "at its result")
+        if base_final is None:
+            base_final = self.run(self.checked, sigmas, f"base run ({source} schedule)")
+        return _Candidate(source, sigmas, sampler_map, live.fits, latent_errors(dode_final, reference),
+                          latent_errors(base_final, reference))
 
 
-def _distill(model, x, sigmas, sampler, extra_args, teacher_factor, teacher_sampler, history, holdout, callback,
-             options, fit_schedule=False):
-    holdout = check_inputs(x, sigmas, teacher_factor, history, holdout)
-    teacher = teacher_sampler or sample_dpmpp_2m_teacher
-    extra_args = dict(extra_args or {})
-    sigmas = sigmas.to(x.device)
+def distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, teacher_sampler=None, history=1,
+            callback=None, options=None, fit_schedule=False, sigma_min=None) -> Lambdas:
+    """Fit D-ODE λ for ``sampler`` on ``sigmas`` against a ``teacher_factor``-times finer teacher run, and prove
+    them on every latent of the batch against the base sampler on ``sigmas``.
+
+    model:    ``model(x, sigma, **extra_args) -> denoised`` (k-diffusion convention)
+    x:        a batch of at least 4 start latents (8 to 16 give a sharper proof), already at noise level ``sigmas[0]``
+    teacher_sampler: the teacher's sampler function; None: DPM-Solver++(2M) on the teacher grid
+              (teacher.sample_dpmpp_2m_teacher), chosen by measurement (see the README)
+    history:  terms per call (1 = the paper's single λ), or "auto": 1 to 3 per call; per call, the term count
+              (0: uncorrected) with the least leave-one-out error is used
+    callback: ``callback(done, total)`` after each model evaluation; raise to cancel
+    options:  extra keyword arguments for the sampler (as ComfyUI's ``extra_options``)
+    sigma_min: the model's smallest sigma: the teacher sub-steps the last interval down to it before its final
+              denoise. None: ``model.sigma_min`` where the model has one (k-diffusion's wrapped models), else
+              0.002 (EDM's). Hosts pass their model's own (ComfyUI: ``model_sampling.sigma_min``).
+    fit_schedule: also try a schedule chosen by the fit. ``sigmas`` still is the user's schedule (and its step
+              count and first sigma the fitted one's); the teacher runs once over a dense grid down to
+              ``sigma_min`` holding the user's sigmas, the schedule with the least summed one-step error is
+              chosen from that run (dode_core.schedule), and λ are fitted on both schedules. The file holds the
+              better D-ODE of the two (``lam.schedule``, ``schedule_source``).
+
+    Every fit measures its teacher against the same teacher at half the factor (``teacher_error`` in the file). A
+    teacher not clearly closer to the ODE's end than the base (its error over TEACHER_MARGIN times the base's
+    distance to it) is run once more at twice the factor; if that is not enough, TeacherNotConvergedError. If
+    D-ODE does not beat the base sampler on the user's schedule by more than chance, NoGainError says so and no λ
+    are returned. The figures of the proof are in the metadata. The global random state is left as found.
+    """
+    with torch.no_grad(), private_rng():
+        check_inputs(x, sigmas, teacher_factor, history)
+        teacher = teacher_sampler or sample_dpmpp_2m_teacher
+        opts = FitOptions(teacher_factor=teacher_factor, teacher=teacher, history=history,
+                          fit_schedule=bool(fit_schedule), sigma_min=model_sigma_min(model, sigma_min),
+                          extra_args=dict(extra_args or {}), options=dict(options or {}),
+                          teacher_options=dict(options or {}) if teacher is sampler else {})
+        return _distill(model, x, sigmas.to(x.device), sampler, opts, callback)
+
+
+def _distill(model, x, sigmas, sampler, opts: FitOptions, callback) -> Lambdas:
     name = sampler_name(sampler)
-    batch, fit_count = x.shape[0], x.shape[0] - holdout
-
-    sampler_map = measure_sampler(model, x, sigmas, sampler, extra_args=extra_args, options=options)
-    call_sigmas = sampler_map.call_sigmas
+    user_map = measure_sampler(model, x, sigmas, sampler, extra_args=opts.extra_args, options=opts.options)
+    call_sigmas = user_map.call_sigmas
     if len(call_sigmas) < 2:
         raise ValueError(f"sampler '{name}' calls the model {len(call_sigmas)} time(s) on this schedule; "
                          "D-ODE needs at least 2 calls.")
-    check_follows_schedule(sampler_map, sigmas, name)
-    if fit_schedule:  # the user's sigmas give the step count and the range; the calls must stay on schedule sigmas
+    check_follows_schedule(user_map, sigmas, name)
+    if opts.fit_schedule:  # the calls must stay on schedule sigmas, so that a fitted schedule puts them on the grid
         check_calls_on_schedule(call_sigmas, sigmas, name)
-        steps, sigma_max, sigma_min = schedule_range(sigmas)
-        grid64 = dense_grid(sigma_max, sigma_min, teacher_factor * steps)
-    else:
-        grid64, _ = teacher_sigmas(sigmas.tolist(), call_sigmas, teacher_factor)
-    grid = grid64.to(device=x.device, dtype=sigmas.dtype)
-    teacher_options = options if teacher is sampler else None
-    teacher_call_sigmas = _check_teacher(model, x, grid, teacher, extra_args, teacher_options)
-    progress = _Progress(callback, len(teacher_call_sigmas) + 2 * len(call_sigmas))
+    grid, teacher_calls = _teacher_grid(model, x, sigmas, call_sigmas, opts, opts.teacher_factor)
+    half = half_grid(grid, student_points(sigmas, call_sigmas)).to(grid)
+    half_calls = check_teacher(model, x, half, opts.teacher, opts.extra_args, opts.teacher_options)
+    runs = 2 if opts.fit_schedule else 1
+    progress = _Progress(callback, len(teacher_calls) + len(half_calls) + 2 * runs * len(call_sigmas))
     progress.report()  # (0, total): the host learns the cost, and may cancel, before the first model call
-    checked = _CheckedModel(model, progress)
+    fit = _Fit(model, x, sampler, opts, progress)
+    base_user = fit.run(fit.checked, sigmas, "base run (user schedule)")
 
-    # target of call k: the state the sampler reaches next, at the sigma of call k+1 (the end, for the last)
-    checked.role = "teacher run"
-    if fit_schedule:
-        sigmas, sampler_map, targets = _fit_schedule(checked, x, grid, teacher, steps, fit_count, sampler, name,
-                                                     extra_args, options, teacher_options, sigmas.dtype)
-        call_sigmas = sampler_map.call_sigmas
-        progress.total = len(teacher_call_sigmas) + 2 * len(call_sigmas)  # the fitted schedule's own calls
+    # the teacher at half the factor measures the teacher; one not clearly closer to the ODE's end than the base gets
+    # twice the factor once (its run so far becomes the half), else the fit stops
+    reference_half = fit.teacher_run(half, [], half_calls, "teacher run at half the factor")[-1]
+    while True:
+        if opts.fit_schedule:
+            fit.checked.role = "teacher run"
+            dense = run_dense_teacher(fit.checked, x, grid, opts.teacher, extra_args=opts.extra_args,
+                                      options=opts.teacher_options)
+            user_targets = [dense.state_at(s) for s in call_sigmas[1:]] + [dense.states[-1]]
+        else:
+            user_targets = fit.teacher_run(grid, call_sigmas[1:], teacher_calls, "teacher run")
+        reference = user_targets[-1]
+        teacher_errors = convergence_error(reference, reference_half, teacher_order(fit.opts.teacher))
+        teacher_error, base_distance = _rmse(teacher_errors.square()), _rmse(latent_errors(base_user, reference))
+        log.info("teacher x%d: %d model calls so far; its estimated error at the end %.3g, the base's distance to it "
+                 "%.3g", fit.opts.teacher_factor, progress.done, teacher_error, base_distance)
+        if teacher_error <= TEACHER_MARGIN * base_distance:
+            break
+        factor = 2 * fit.opts.teacher_factor
+        if factor != 2 * opts.teacher_factor or (len(sigmas) - 1) * factor > MAX_TEACHER_STEPS:
+            raise TeacherNotConvergedError(
+                f"the teacher is not clearly closer to the ODE's end than the base sampler '{name}': its estimated "
+                f"error is {teacher_error:.4g} (against itself at half the factor), the base's distance to it "
+                f"{base_distance:.4g}, even at teacher_factor {fit.opts.teacher_factor}. No λ file was written: raise "
+                "teacher_factor, or use more steps.")
+        log.info("the teacher is not clearly closer to the ODE's end than the base: teacher_factor %d -> %d",
+                 fit.opts.teacher_factor, factor)
+        fit.opts = replace(fit.opts, teacher_factor=factor)
+        grid, teacher_calls = _teacher_grid(model, x, sigmas, call_sigmas, fit.opts, factor)
+        progress.total += len(teacher_calls)
+        reference_half = reference
+
+    found = [fit.candidate("user", sigmas, user_map, user_targets, reference, base_user)]
+    if opts.fit_schedule:
+        fitted = dense.choose(len(sigmas) - 1)[0].to(device=x.device, dtype=sigmas.dtype)
+        fitted_map = measure_sampler(model, x, fitted, sampler, extra_args=opts.extra_args, options=opts.options)
+        check_calls_on_schedule(fitted_map.call_sigmas, fitted, name)
+        log.info("fitted schedule for %s: %s", name, format_sigmas(fitted))
+        fitted_targets = [dense.state_at(s) for s in fitted_map.call_sigmas[1:]] + [reference]
+        del dense
+        found.append(fit.candidate("fitted", fitted, fitted_map, fitted_targets, reference))
+    return _deliver(fit, found, teacher_errors)
+
+
+def _teacher_grid(model, x, sigmas, call_sigmas, opts: FitOptions, factor: int):
+    """The teacher's grid at ``factor`` (a dense one over the schedule's range for fit_schedule, holding the user's
+    sigmas) on the schedule's device and dtype, and the teacher's call sigmas on it (free probes)."""
+    if opts.fit_schedule:
+        steps, sigma_max, _ = schedule_range(sigmas)
+        grid64 = merge_points(dense_grid(sigma_max, min(opts.sigma_min, float(sigmas[-2])), factor * steps),
+                              student_points(sigmas, call_sigmas))
     else:
-        targets = run_teacher(checked, x, grid, teacher, call_sigmas[1:], teacher_call_sigmas, extra_args=extra_args,
-                              options=teacher_options)
-    log.info("teacher: %d model calls over %d sigmas", progress.done, len(grid))
+        grid64, _ = teacher_sigmas(sigmas.tolist(), call_sigmas, factor, opts.sigma_min)
+    grid = grid64.to(device=x.device, dtype=sigmas.dtype)
+    return grid, check_teacher(model, x, grid, opts.teacher, opts.extra_args, opts.teacher_options)
 
-    calls = len(call_sigmas)
-    max_terms = AUTO_MAX_HISTORY if history == "auto" else history
-    checked.role = "student run"
-    live = _LiveFit(checked, name, sampler_map, targets, fit_count, history, max_terms)
-    dode_final = sampler(live, x.clone(), sigmas.clone(), extra_args=dict(extra_args), callback=None, disable=True,
-                         **(options or {}))
-    if len(live.fits) != calls:
-        live.refuse(f"made {len(live.fits)} model calls, not the {calls} of its free probe run")
-    live.check_state(dode_final, "at its result")
-    lambdas = torch.stack([fit.lambdas.float().cpu() for fit in live.fits])
 
-    checked.role = "base run"
-    base_final = sampler(checked, x.clone(), sigmas.clone(), extra_args=dict(extra_args), callback=None, disable=True,
-                         **(options or {}))
-    teacher_final = targets[-1][fit_count:]
-    rerun = functools.partial(_held_out_rerun, checked, progress, x, sigmas, sampler, call_sigmas, extra_args, options,
-                              fit_count)
-    scale, rmse_base, rmse_dode, proof_runs = _held_out_proof(
-        name, holdout, _latent_errors(base_final[fit_count:], teacher_final),
-        _latent_errors(dode_final[fit_count:], teacher_final), lambdas, rerun, teacher_final, history)
-    lambdas = lambdas * scale
-
-    n_fit = fit_count * x[0].numel()
-    rmse_before = [math.sqrt(max(fit.energy_before, 0.0) / n_fit) for fit in live.fits]
-    rmse_after = [math.sqrt(max(fit.energy_after, 0.0) / n_fit) for fit in live.fits]
-    log.info("distilled %s: %d calls; held-out final RMSE to the teacher: base %.4g, D-ODE %.4g (%d latents)",
-             name, calls, rmse_base, rmse_dode, holdout)
+def _deliver(fit: _Fit, found: list[_Candidate], teacher_errors) -> Lambdas:
+    """The better D-ODE of the candidates, if it beats the base on the user's schedule by more than chance."""
+    user = found[0]
+    best = min(found, key=lambda c: float(c.dode_errors.mean()))
+    rmse_base, rmse_dode = _rmse(user.base_errors), _rmse(best.dode_errors)
+    teacher_error = _rmse(teacher_errors.square())
+    count = len(user.base_errors)
+    if not proves_gain(user.base_errors, best.dode_errors):
+        raise NoGainError(
+            f"D-ODE did not beat the base sampler '{fit.name}' on the user's schedule by more than chance on the "
+            f"{count} latents, each judged with λ fitted on the others (final-state RMSE to the teacher: base "
+            f"{rmse_base:.4g}, D-ODE {rmse_dode:.4g}); no λ file was written. The base sampler is already about as "
+            f"close to the teacher as λ can bring it here: try history={'auto' if fit.opts.history == 1 else 1}, a "
+            "larger batch (a sharper proof), or keep the base sampler.")
+    lambdas = torch.stack([call.lambdas.float() for call in best.fits])
+    n_values = count * fit.x[0].numel()
+    rmse_before = [math.sqrt(max(call.energy_before, 0.0) / n_values) for call in best.fits]
+    rmse_after = [math.sqrt(max(call.energy_after, 0.0) / n_values) for call in best.fits]
+    log.info("distilled %s (%s schedule): %d calls; final-state RMSE to the teacher over %d latents, each with λ "
+             "fitted on the others: base %.4g, D-ODE %.4g", fit.name, best.source, len(best.fits), count, rmse_base,
+             rmse_dode)
+    runs = len(found)
     metadata = {
-        "base_sampler": name,
-        "steps": str(len(sigmas) - 1),
-        "schedule": json.dumps([float(s) for s in sigmas.tolist()]),
-        "schedule_source": "fitted" if fit_schedule else "user",
-        "history_mode": str(history),
-        "history_per_call": json.dumps([fit.terms for fit in live.fits]),
-        "teacher_sampler": sampler_name(teacher),
-        "teacher_factor": str(teacher_factor),
-        "teacher_calls": str(len(teacher_call_sigmas)),
-        "proof_calls": str(proof_runs * len(call_sigmas)),
-        "batch_size": str(batch),
-        "latent_shape": json.dumps(list(x.shape[1:])),
-        "model_dtype": checked.dtype,
+        "base_sampler": fit.name,
+        "steps": str(len(best.sigmas) - 1),
+        "schedule": json.dumps([float(s) for s in best.sigmas.tolist()]),
+        "schedule_source": best.source,
+        "history_mode": str(fit.opts.history),
+        "history_per_call": json.dumps([call.terms for call in best.fits]),
+        "teacher_sampler": sampler_name(fit.opts.teacher),
+        "teacher_factor": str(fit.opts.teacher_factor),
+        "teacher_calls": str(fit.progress.done - sum(2 * len(c.fits) for c in found)),
+        "teacher_error": repr(teacher_error),
+        "sigma_min": repr(fit.opts.sigma_min),
+        "proof_calls": str(runs * len(user.fits)),
+        "model_calls": str(fit.progress.done),
+        "batch_size": str(count),
+        "latent_shape": json.dumps(list(fit.x.shape[1:])),
+        "model_dtype": fit.checked.dtype,
         "fit_rmse_before": json.dumps(rmse_before),
         "fit_rmse_after": json.dumps(rmse_after),
         "heldout_rmse_base": repr(rmse_base),
         "heldout_rmse_dode": repr(rmse_dode),
-        "heldout_count": str(holdout),
-        "lambda_scale": repr(scale),
+        "heldout_count": str(count),
+        "heldout_ratio_se": repr(ratio_standard_error(user.base_errors, best.dode_errors)),
+        "heldout_method": "leave-one-out",
         "plugin_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    return Lambdas(lambdas=lambdas, call_sigmas=tuple(call_sigmas), metadata=metadata)
+    if fit.opts.fit_schedule:
+        fitted = found[1]
+        metadata["heldout_rmse_dode_user"] = repr(_rmse(user.dode_errors))
+        metadata["heldout_rmse_base_fitted"] = repr(_rmse(fitted.base_errors))
+        metadata["heldout_rmse_dode_fitted"] = repr(_rmse(fitted.dode_errors))
+    return Lambdas(lambdas=lambdas, call_sigmas=tuple(best.sampler_map.call_sigmas), metadata=metadata)

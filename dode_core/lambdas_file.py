@@ -62,8 +62,10 @@ LIST_FIELDS = ("call_sigmas", "schedule", "fit_rmse_before", "fit_rmse_after", "
 # field -> (least, most) value; None: unbounded on that side
 INT_FIELDS = {"steps": (1, MAX_STEPS), "calls": (2, MAX_CALLS), "history": (1, MAX_HISTORY),
               "teacher_factor": (1, None), "teacher_calls": (1, None), "batch_size": (1, None), "seed": (None, None),
-              "heldout_count": (1, None), "proof_calls": (1, None)}
-NON_NEGATIVE_FLOAT_FIELDS = ("heldout_rmse_base", "heldout_rmse_dode", "lambda_scale")
+              "heldout_count": (1, None), "proof_calls": (1, None), "model_calls": (1, None)}
+NON_NEGATIVE_FLOAT_FIELDS = ("heldout_rmse_base", "heldout_rmse_dode", "lambda_scale", "heldout_ratio_se",
+                             "heldout_rmse_dode_user", "heldout_rmse_base_fitted", "heldout_rmse_dode_fitted",
+                             "teacher_error", "sigma_min")
 SCHEDULE_SOURCES = ("user", "fitted")
 
 # what a host's sampler function name reduces to (sample_dpmpp_2m -> dpmpp_2m); which ones exist is the host's call
@@ -174,8 +176,9 @@ class Lambdas:
                      for key in ("fit_rmse_before", "fit_rmse_after"))
 
     def heldout(self) -> tuple[float, float, int] | None:
-        """``(rmse_base, rmse_dode, count)``: the final-state RMSE to the teacher of the base sampler and of D-ODE
-        on ``count`` latents the fit did not see; None for files written before fits proved themselves."""
+        """``(rmse_base, rmse_dode, count)``: the final-state RMSE to the teacher of the base sampler on the user's
+        schedule and of D-ODE as delivered, on ``count`` latents, each judged with λ fitted without it (files of
+        plugin 0.1: latents held out of the fit); None for files written before fits proved themselves."""
         try:
             return (float(self.metadata["heldout_rmse_base"]), float(self.metadata["heldout_rmse_dode"]),
                     int(self.metadata["heldout_count"]))

@@ -42,6 +42,25 @@ def dense_grid(sigma_max: float, sigma_min: float, points: int, rho: float = 7.0
     return torch.cat([grid, grid.new_zeros(1)])
 
 
+def merge_points(grid: torch.Tensor, points) -> torch.Tensor:
+    """``grid`` (decreasing, ending in 0) holding every positive sigma of ``points`` exactly: a grid point closer to
+    one (in log sigma) than a third of its neighbouring step is moved onto it, else the point is inserted. So the
+    dense teacher run has a state at every sigma of the user's schedule without a step of nearly zero length
+    (which would weigh DPM-Solver++(2M)'s correction by 1 / h and amplify rounding)."""
+    values = [float(s) for s in grid[:-1]]
+    for point in sorted({float(p) for p in points if float(p) > 0}, reverse=True):
+        logs = [math.log(s / point) for s in values]
+        nearest = min(range(len(values)), key=lambda i: abs(logs[i]))
+        neighbours = [abs(math.log(values[j] / values[nearest])) for j in (nearest - 1, nearest + 1)
+                      if 0 <= j < len(values)]
+        if abs(logs[nearest]) < min(neighbours, default=math.inf) / 3:
+            values[nearest] = point
+        else:
+            values.append(point)
+    merged = sorted(set(values), reverse=True)
+    return torch.tensor([*merged, 0.0], dtype=torch.float64)
+
+
 class TeacherRecorder(ModelProxy):
     """Wraps the teacher's model and keeps, for every grid sigma, the last state passed to the model there and
     the denoised output it returned (on the CPU, in the model's dtype).

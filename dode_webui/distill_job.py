@@ -3,7 +3,6 @@ overwriting anything. The host supplies the denoiser (WebUI's CFG denoiser), the
 
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass, field
 
@@ -11,6 +10,7 @@ from dode_core import Lambdas, distill
 from dode_core.blackbox import sampler_name
 from dode_core.lambdas_file import REQUIRED_FIELDS
 from dode_core.naming import lambda_file_stem
+from dode_core.rules import proof_summary
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def parse_distill_request(steps, teacher_factor, history, teacher, fit_schedule,
     cannot make the teacher run (and its memory) grow without bound. teacher: "auto" or one of
     ``teacher_labels`` (the host labels of the samplers D-ODE supports). Raises DistillRefusedError.
     """
-    factor = parse_int(teacher_factor, "teacher sub-steps per step", DEFAULT_TEACHER_FACTOR, 1, MAX_TEACHER_FACTOR)
+    factor = parse_int(teacher_factor, "teacher sub-steps per step", DEFAULT_TEACHER_FACTOR, 2, MAX_TEACHER_FACTOR)
     steps = parse_int(steps, "steps", 20, 2, MAX_TEACHER_STEPS)
     if steps * factor > MAX_TEACHER_STEPS:
         raise DistillRefusedError(
@@ -103,22 +103,6 @@ def parse_distill_request(steps, teacher_factor, history, teacher, fit_schedule,
                                   f"samplers; choose auto or one of {', '.join(teacher_labels)}.")
     return DistillRequest(teacher_factor=factor, history=parse_history(history), teacher=teacher,
                           fit_schedule=bool(fit_schedule) and str(fit_schedule).lower() != "false")
-
-
-def heldout_text(lam: Lambdas) -> str | None:
-    """"0.1234 -> 0.05678 (D-ODE / base 0.46, 2 held-out latents)", from the file's held-out check, if it has one."""
-    heldout = getattr(lam, "heldout", None)
-    figures = heldout() if callable(heldout) else None
-    if figures is None:
-        return None
-    base, dode, count = figures
-    ratio = f", D-ODE / base {dode / base:.2f}" if base > 0 else ""
-    return f"{base:.4g} -> {dode:.4g} ({count} held-out latents{ratio})"
-
-
-def build_file_stem(model: str, base_sampler: str, steps: int, scheduler: str, cfg, history) -> str:
-    """``<model>_<sampler>_<steps>steps_<scheduler>[_cfg<cfg>]_h<history>`` (lambdas/README.md naming)."""
-    return lambda_file_stem(model, base_sampler, steps, scheduler, cfg, history)
 
 
 def file_metadata(request: DistillRequest, reserved=()) -> dict[str, str]:
@@ -138,10 +122,18 @@ def file_metadata(request: DistillRequest, reserved=()) -> dict[str, str]:
     return metadata
 
 
-def accepts_keyword(function, name: str) -> bool:
-    """Whether ``function`` takes the keyword argument ``name`` (by name or through ``**kwargs``)."""
-    parameters = inspect.signature(function).parameters.values()
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+def model_sigma_min(model) -> float | None:
+    """The smallest sigma of the host's model, read from the CFG denoiser the sampler is given: its k-diffusion
+    wrapper's sigma table (A1111: ``inner_model.sigma_min``), Forge's predictor (``inner_model.predictor``) or the
+    denoiser itself; None when none says (dode_core then uses its default). The teacher steps down to it."""
+    for owner in (getattr(model, "inner_model", None), getattr(getattr(model, "inner_model", None), "predictor", None),
+                  model):
+        value = getattr(owner, "sigma_min", None) if owner is not None else None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            continue
+    return None
 
 
 def run_distill_job(model, x, sigmas, base_sampler, folder: str, request: DistillRequest, *, teacher_sampler=None,
@@ -161,23 +153,19 @@ def run_distill_job(model, x, sigmas, base_sampler, folder: str, request: Distil
         if progress is not None:
             progress(done, total)
 
-    schedule_fit = {"fit_schedule": True} if request.fit_schedule else {}  # only asked of a core that offers it
-    if schedule_fit and not accepts_keyword(distill, "fit_schedule"):
-        raise DistillRefusedError("Distill λ (D-ODE): this dode_core cannot fit the schedule; untick 'Fit the "
-                                  "schedule too' (or update the extension). No λ file was written.")
     lam = distill(model, x, sigmas, base_sampler, extra_args=extra_args, teacher_factor=request.teacher_factor,
                   teacher_sampler=teacher_sampler, history=request.history, callback=on_call, options=options,
-                  **schedule_fit)
+                  fit_schedule=request.fit_schedule, sigma_min=model_sigma_min(model))
     if check_interrupt is not None:
         check_interrupt()
     metadata = file_metadata(request, reserved=lam.metadata)
-    stem = file_stem or build_file_stem(metadata.get("model", "model"), sampler_name(base_sampler),
-                                        len(sigmas) - 1, metadata.get("scheduler", "automatic"),
-                                        metadata.get("cfg"), request.history)
+    stem = file_stem or lambda_file_stem(metadata.get("model", "model"), sampler_name(base_sampler),
+                                         len(sigmas) - 1, metadata.get("scheduler", "automatic"),
+                                         metadata.get("cfg"), request.history)
     path = lam.save_new(folder, stem, **metadata)
-    request.done, request.saved_path, request.heldout = True, path, heldout_text(lam)
-    log.info("D-ODE: distilled %s over %d steps, saved %s; held-out RMSE base -> D-ODE: %s", sampler_name(base_sampler),
-             len(sigmas) - 1, path, request.heldout or "not recorded")
+    request.done, request.saved_path, request.heldout = True, path, proof_summary(lam)
+    log.info("D-ODE: distilled %s over %d steps, saved %s; final-state RMSE to the teacher: %s",
+             sampler_name(base_sampler), len(sigmas) - 1, path, request.heldout or "not recorded")
     return path, lam
 
 

@@ -61,6 +61,8 @@ def refusal_kind(reason: str) -> str:
         return "chooses its own steps"
     if "non-finite" in reason:
         return "produces non-finite values"
+    if "stage sigmas rise" in reason:
+        return "calls the model at rising sigmas within a step"
     return "is not a deterministic ODE sampler with fixed steps"
 
 

@@ -9,7 +9,6 @@ The API version is pinned (``comfy_api.v0_0_2``, the newest versioned API ComfyU
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -107,16 +106,6 @@ def parse_history(history: str):
     return "auto" if history == "auto" else int(history)
 
 
-def heldout_line(lam) -> str | None:
-    heldout = getattr(lam, "heldout", None)
-    figures = heldout() if callable(heldout) else None
-    if not figures:
-        return None
-    base, dode, count = figures
-    ratio = f" ({dode / base:.2f}x)" if base > 0 else ""
-    return f"held-out RMSE to the teacher on {count} latents: base {base:.4g} -> D-ODE {dode:.4g}{ratio}"
-
-
 def describe_lines(name: str, lam, note: str = "") -> list[str]:
     """The text the nodes show: the file, what it was fitted for, its held-out figures."""
     schedule = "fitted schedule" if lam.schedule_fitted else f"scheduler {lam.metadata.get('scheduler', '?')}"
@@ -125,22 +114,10 @@ def describe_lines(name: str, lam, note: str = "") -> list[str]:
              f"{lam.calls} model calls, {schedule}, history {lam.metadata.get('history_mode', lam.history)}; "
              f"teacher {lam.metadata.get('teacher_sampler', '?')} x{lam.metadata.get('teacher_factor', '?')} "
              f"({lam.metadata.get('teacher_calls', '?')} calls)"]
-    held = heldout_line(lam)
-    if held:
-        lines.append(held)
-    return lines
+    return lines + dode_core.rules.proof_lines(lam)
 
 
 # --- the fit --------------------------------------------------------------------------------------------------
-def _distill_kwargs(teacher, fit_schedule: bool) -> dict:
-    kwargs = {"teacher_sampler": teacher}
-    if fit_schedule:
-        if "fit_schedule" not in inspect.signature(dode_core.distill).parameters:
-            raise ValueError("fit_schedule needs a newer dode_core (issue 9); switch it off.")
-        kwargs["fit_schedule"] = True
-    return kwargs
-
-
 def run_fit(guider, noise, latent_samples, sigmas, host, teacher, teacher_factor: int, history, fit_schedule: bool,
             seed: int, denoise_mask=None):
     """One teacher run and one student run through ``guider`` (ComfyUI's own model loading, conds, hooks and
@@ -153,10 +130,14 @@ def run_fit(guider, noise, latent_samples, sigmas, host, teacher, teacher_factor
             bar["bar"] = comfy.utils.ProgressBar(total)
         bar["bar"].update_absolute(done, total)
 
+    # the teacher sub-steps the last interval down to the model's own smallest sigma (a shift patch included)
+    sigma_min = float(guider.model_patcher.get_model_object("model_sampling").sigma_min)
+
     def fit(model_k, x, sigmas_k, extra_args=None, callback=None, disable=None, **options):
         result["lambdas"] = dode_core.distill(model_k, x, sigmas_k, host.sampler_function, extra_args=extra_args,
                                               teacher_factor=teacher_factor, history=history, callback=progress,
-                                              options=options, **_distill_kwargs(teacher, fit_schedule))
+                                              options=options, sigma_min=sigma_min, teacher_sampler=teacher,
+                                              fit_schedule=fit_schedule)
         return x
 
     fit_sampler = comfy.samplers.KSAMPLER(fit, extra_options=dict(host.extra_options or {}),
@@ -238,7 +219,8 @@ def _distill_output(cls, name: str, lam, sigmas, host, reused: bool) -> io.NodeO
     for line in lines:
         log.info("D-ODE: %s", line)
     plot = plot_fit(lam, lines)
-    out_sigmas = lam.schedule.float() if lam.schedule_fitted and lam.schedule is not None else sigmas
+    # a copy: ComfyUI's uni_pc writes 0.001 into the last sigma of the tensor it samples with
+    out_sigmas = lam.schedule.float() if lam.schedule_fitted and lam.schedule is not None else sigmas.clone()
     sampler = dode_sampler(host, lam, name)
     images = ui.PreviewImage(plot, cls=cls).as_dict()
     text = "\n".join(lines)
@@ -474,7 +456,7 @@ def _fit_widgets():
         _sampler_widget(),
         io.Combo.Input("teacher_sampler", options=samplers.teacher_choices(), default=samplers.AUTO,
                        tooltip=TIPS["teacher_sampler"]),
-        io.Int.Input("teacher_factor", default=10, min=1, max=100, tooltip=TIPS["teacher_factor"]),
+        io.Int.Input("teacher_factor", default=10, min=2, max=100, tooltip=TIPS["teacher_factor"]),
         io.Combo.Input("history", options=list(HISTORY_CHOICES), default="1", tooltip=TIPS["history"]),
         io.Boolean.Input("fit_schedule", default=False, tooltip=TIPS["fit_schedule"]),
         io.String.Input("filename", default="", tooltip=TIPS["filename"]),

@@ -107,10 +107,10 @@ def test_every_shipped_lambda_file_is_valid():
     assert result.stdout.count("VALID ") == len(SHIPPED)
     assert "call  1  sigma" in result.stdout and "schedule: [80," in result.stdout
     # every shipped file carries the held-out proof of its fit, and it shows a gain
-    assert result.stdout.count("held-out proof: final-state RMSE to the teacher") == len(SHIPPED)
+    assert result.stdout.count("  proof on ") == len(SHIPPED)
     for lam in map(load_lambdas, SHIPPED):
         base, dode, count = lam.heldout()
-        assert dode < base and count == 8
+        assert dode < base and count == int(lam.metadata["batch_size"])
 
 
 def test_inspect_rejects_a_corrupted_copy_with_the_reason(tmp_path):
@@ -131,9 +131,10 @@ def test_inspect_prints_the_held_out_proof_a_fit_recorded(tmp_path, K, karras):
     x = torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80.0
     lam = distill(GaussianDenoiser(), x, karras(4), K.sample_euler, teacher_factor=4)
     base, dode, count = lam.heldout()
-    assert count == 2 and dode < base
+    assert count == 8 and dode < base
     path = lam.save(tmp_path / "euler.safetensors")
     result = run_inspect(path)
     assert result.returncode == 0, result.stderr
-    assert (f"held-out proof: final-state RMSE to the teacher on 2 latent(s) the fit did not see: base {base:.4g}, "
-            f"D-ODE {dode:.4g} ({dode / base:.2f}x)") in result.stdout
+    assert (f"proof on 8 latents, each judged with λ fitted on the others: final-state RMSE to the teacher, base "
+            f"sampler on your schedule {base:.4g} -> D-ODE {dode:.4g} ({dode / base:.2f}x ±") in result.stdout
+    assert "teacher: dpmpp_2m_teacher x4, estimated error" in result.stdout

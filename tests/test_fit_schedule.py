@@ -76,11 +76,14 @@ def test_a_fitted_schedule_is_in_the_range_ends_in_zero_and_says_so(fitted_4):
     assert schedule[1:-1].tolist() != pytest.approx(torch.tensor([12.0, 1.5, 0.1]).tolist(), rel=0.5)
 
 
-def test_the_whole_fit_is_one_dense_teacher_run_plus_the_student_and_the_held_out_proof(fitted_4):
+def test_the_whole_fit_is_one_dense_teacher_run_and_its_half_plus_a_student_and_a_base_run_per_schedule(fitted_4):
     lam, calls = fitted_4
-    teacher = 10 * 4  # teacher_factor x steps grid sigmas above 0, one call each for the DPM++ 2M teacher
-    assert int(lam.metadata["teacher_calls"]) == teacher
-    assert calls == teacher + 4 + int(lam.metadata["proof_calls"])
+    teacher = int(lam.metadata["teacher_calls"])
+    # a dense grid of teacher_factor x steps sigmas holding the user's, once at the factor and once at half of it
+    assert 10 * 4 * 1.5 <= teacher <= 10 * 4 * 1.5 + 2 * 4
+    # student and base runs on the user's schedule and on the fitted one, 4 calls each
+    assert calls == teacher + 4 * 4 == int(lam.metadata["model_calls"])
+    assert lam.metadata["proof_calls"] == str(2 * 4)
 
 
 def test_the_file_keeps_its_fitted_schedule(tmp_path, fitted_4):
@@ -89,15 +92,6 @@ def test_the_file_keeps_its_fitted_schedule(tmp_path, fitted_4):
     lam.save(str(path))
     loaded = load_lambdas(str(path))
     assert loaded.schedule_fitted and torch.equal(loaded.schedule, lam.schedule)
-
-
-def test_the_held_out_latents_do_not_choose_the_schedule(K, digits, noise, fitted_4):
-    """The last batch // 4 latents prove the fit; changing them must not change the schedule."""
-    x = noise[0].clone()
-    x[-8:] = noise[1][:8]
-    lam = distill(digits, x, K.get_sigmas_karras(4, 0.002, SIGMA_MAX).double(), K.sample_dpmpp_2m, fit_schedule=True,
-                  history="auto")
-    assert torch.equal(lam.schedule, fitted_4[0].schedule)
 
 
 def test_heun_gets_a_fitted_schedule_with_its_stage_calls_on_it(K, digits, noise):

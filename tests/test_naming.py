@@ -1,7 +1,6 @@
 """dode_core.naming: the λ file-name convention of lambdas/README.md, shared by ComfyUI and the WebUI."""
 
 from dode_core.naming import lambda_file_stem
-from dode_webui.distill_job import build_file_stem
 
 
 def test_stem_tells_checkpoint_sampler_steps_scheduler_cfg_and_history_apart():
@@ -17,7 +16,3 @@ def test_fitted_schedule_and_missing_parts():
     assert lambda_file_stem("", "heun", 5, None, float("nan"), 1) == "model_heun_5steps_automatic_h1"
     assert lambda_file_stem("a/../../b", "euler", 4, "karras") == "a-..-..-b_euler_4steps_karras_h1"  # no folder part
 
-
-def test_webui_delegates_to_the_same_function():
-    assert build_file_stem("SDXL/base 1.0", "dpmpp_2m", 8, "Align Your Steps", 4.5, "auto") == lambda_file_stem(
-        "SDXL/base 1.0", "dpmpp_2m", 8, "Align Your Steps", 4.5, "auto")

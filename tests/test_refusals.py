@@ -110,12 +110,14 @@ def test_bad_schedules_are_named(K, gaussian, x_start, sigmas, message):
 
 
 def test_bad_options_are_named(K, karras, gaussian, x_start):
-    with pytest.raises(ValueError, match="teacher_factor must be an integer >= 1; got 0"):
-        distill(gaussian, x_start, karras(4), K.sample_euler, teacher_factor=0)
+    with pytest.raises(ValueError, match="teacher_factor must be an integer >= 2") as caught:
+        distill(gaussian, x_start, karras(4), K.sample_euler, teacher_factor=1)
+    assert "got 1" in str(caught.value) and "half the factor" in str(caught.value)
     with pytest.raises(ValueError, match="history must be 1 to 8 or 'auto'; got 'all'"):
         distill(gaussian, x_start, karras(4), K.sample_euler, history="all")
-    with pytest.raises(ValueError, match="needs at least 4 fit latents besides the 1 held out; got a batch of 2"):
-        distill(gaussian, x_start[:2], karras(4), K.sample_euler, history="auto")
+    with pytest.raises(ValueError, match="needs a batch of at least 4 latents") as caught:
+        distill(gaussian, x_start[:3], karras(4), K.sample_euler)
+    assert "got 3" in str(caught.value)
     with pytest.raises(ValueError, match="x holds non-finite values"):
         distill(gaussian, x_start * float("inf"), karras(4), K.sample_euler)
 

@@ -11,16 +11,15 @@ import pytest
 import torch
 
 from dode_core import Lambdas, ScheduleMismatchError, distill, load_lambdas, sample
+from dode_core.rules import proof_summary
 from dode_webui import (
     DistillProgress,
     DistillRefusedError,
     DistillRequest,
     LambdaResolutionError,
     RunContext,
-    build_file_stem,
     check_sampler_name,
     file_hash,
-    heldout_text,
     hijack_free,
     infotext_fields,
     list_lambda_files,
@@ -55,7 +54,7 @@ def noise(batch=8, seed=0):
 
 
 def fitted(K, sigmas, sampler="sample_euler"):
-    return distill(GaussianDenoiser(), noise() * sigmas[0], sigmas, getattr(K, sampler), teacher_factor=4)
+    return distill(GaussianDenoiser(), noise() * sigmas[0], sigmas, getattr(K, sampler), teacher_factor=10)
 
 
 HOST_TABLE = [  # rows shaped like a host's sd_samplers_kdiffusion.samplers_k_diffusion
@@ -311,12 +310,6 @@ def test_an_interrupt_stops_the_job_and_leaves_no_file(tmp_path, K, karras):
     assert os.listdir(tmp_path) == [] and not job.done
 
 
-def test_file_stem_follows_the_shared_naming():
-    assert build_file_stem("SDXL/base 1.0", "dpmpp_2m", 8, "Align Your Steps", 4.5, "auto") == (
-        "SDXL-base-1.0_dpmpp_2m_8steps_align-your-steps_cfg4p5_hauto")
-    assert build_file_stem("", "euler", 4, None, None, 2) == "model_euler_4steps_automatic_h2"
-
-
 def test_a_distill_request_in_the_sampler_function_fits_saves_and_samples_with_the_new_file(tmp_path, K, karras):
     sigmas = karras(5)
     x = noise(seed=5) * sigmas[0]
@@ -328,8 +321,10 @@ def test_a_distill_request_in_the_sampler_function_fits_saves_and_samples_with_t
     job_file = load_lambdas(job.saved_path)
     expected = sample(FakeCFGDenoiser(), x, sigmas, K.sample_euler, job_file, extra_args=dict(EXTRA_ARGS))
     assert torch.equal(got, expected)
-    assert context.infotext == {**infotext_fields(job.saved_path), "D-ODE held-out RMSE": heldout_text(job_file)}
-    assert re.fullmatch(r"0\.\d+ -> \S+ \(2 held-out latents, D-ODE / base 0\.\d\d\)", heldout_text(job_file))
+    assert context.infotext == {**infotext_fields(job.saved_path), "D-ODE held-out RMSE": proof_summary(job_file)}
+    count = job_file.heldout()[2]
+    assert re.fullmatch(rf"base 0\.\d+ -> D-ODE \S+ \(0\.\d\dx ± 0\.\d\d, {count} latents, each with λ fitted on the "
+                        r"others\)", proof_summary(job_file))
 
 
 # ---- distill arguments, progress, the host's random stream -----------------------------------------------------------
@@ -340,8 +335,8 @@ def test_distill_arguments_take_defaults_for_none_and_are_bounded():
     assert [getattr(request, name) for name in fields] == [10, 1, "auto", False]
     request = parse_distill_request(8, "12", "auto", "Heun", True, ["Euler", "Heun"])
     assert [getattr(request, name) for name in fields] == [12, "auto", "Heun", True]
-    for factor in (0, 101, 2.5, True, "٤", "1e400", "nan", 10**400):
-        with pytest.raises(DistillRefusedError, match="sub-steps per step must be a whole number from 1 to 100"):
+    for factor in (0, 1, 101, 2.5, True, "٤", "1e400", "nan", 10**400):
+        with pytest.raises(DistillRefusedError, match="sub-steps per step must be a whole number from 2 to 100"):
             parse_distill_request(20, factor, 1, "auto", False, [])
     with pytest.raises(DistillRefusedError, match=r"30 steps x 100 teacher sub-steps = 3000 teacher steps; at most"):
         parse_distill_request(30, 100, 1, "auto", False, [])
@@ -423,10 +418,10 @@ def test_held_out_figures_are_shown_when_the_file_has_them(K, karras):
     lam = fitted(K, karras(4))
     plain = Lambdas(lam.lambdas, lam.call_sigmas,
                     {key: value for key, value in lam.metadata.items() if not key.startswith("heldout")})
-    assert heldout_text(plain) is None
+    assert proof_summary(plain) is None
     proved = Lambdas(lam.lambdas, lam.call_sigmas, {**plain.metadata, "heldout_rmse_base": "0.25",
                                                     "heldout_rmse_dode": "0.05", "heldout_count": "2"})
-    assert heldout_text(proved) == "0.25 -> 0.05 (2 held-out latents, D-ODE / base 0.20)"
+    assert proof_summary(proved) == "base 0.25 -> D-ODE 0.05 (0.20x, 2 latents, held out of the fit)"
 
 
 def test_a_refused_request_raises_in_the_sampler_function_before_any_model_call(tmp_path, K, karras):
@@ -441,11 +436,12 @@ def test_a_refused_request_raises_in_the_sampler_function_before_any_model_call(
 def test_a_file_shared_between_hosts_is_as_good_as_a_refit(K):
     """Issue 11 point 5, measured on the digits KDE denoiser: an A1111-fitted file (SD1.5 sigma_min 0.03127) used
     in Forge (0.02917) samples on its own schedule; held-out RMSE to a converged run is within 5% of a Forge
-    refit's, and below the base sampler's on Forge's sigmas (6 Euler steps, fit batch 8: 0.1862 shared, 0.1824
-    refit, 0.2075 base)."""
+    refit's, and below the base sampler's on Forge's sigmas (6 Euler steps, fit batch 8: 0.1266 shared, 0.1269
+    refit, 0.1692 base). Bandwidth 0.3: at 0.05 the KDE is nearly the empirical digits, and the RMSE of 8 fit
+    latents measures which training digit each lands on."""
     from models import KDEDenoiser, digits_data
 
-    model = KDEDenoiser(digits_data(), bandwidth=0.05)
+    model = KDEDenoiser(digits_data(), bandwidth=0.3)
     generator = torch.Generator().manual_seed(0)
     fit_noise = torch.randn(8, 1, 8, 8, generator=generator, dtype=torch.float64) * 14.6146
     test_noise = torch.randn(32, 1, 8, 8, generator=generator, dtype=torch.float64) * 14.6146
@@ -455,21 +451,11 @@ def test_a_file_shared_between_hosts_is_as_good_as_a_refit(K):
     def rmse(out):
         return float((out - reference).pow(2).mean().sqrt())
 
-    shared = rmse(sample(model, test_noise, a1111, K.sample_euler, distill(model, fit_noise, a1111, K.sample_euler)))
-    refit = rmse(sample(model, test_noise, forge, K.sample_euler, distill(model, fit_noise, forge, K.sample_euler)))
+    shared = rmse(sample(model, test_noise, a1111, K.sample_euler,
+                         distill(model, fit_noise, a1111, K.sample_euler, sigma_min=0.03127)))
+    refit = rmse(sample(model, test_noise, forge, K.sample_euler,
+                        distill(model, fit_noise, forge, K.sample_euler, sigma_min=0.02917)))
     base = rmse(K.sample_euler(model, test_noise, forge, disable=True))
     assert abs(shared - refit) < 0.05 * refit and shared < 0.9 * base, (shared, refit, base)
 
 
-def test_a_schedule_fit_asked_of_a_core_without_it_is_refused_clearly(tmp_path, K, karras, monkeypatch):
-    import dode_webui.distill_job as job
-
-    def old_distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, teacher_sampler=None,
-                    history=1, callback=None, options=None):
-        raise AssertionError("not reached")
-
-    monkeypatch.setattr(job, "distill", old_distill)
-    request = DistillRequest(teacher_factor=4, fit_schedule=True)
-    with pytest.raises(DistillRefusedError, match="this dode_core cannot fit the schedule; untick"):
-        run_distill_job(GaussianDenoiser(), noise() * 80, karras(4), K.sample_euler, str(tmp_path), request)
-    assert os.listdir(tmp_path) == []

@@ -20,6 +20,7 @@ import torch
 from webui_host import A1111_SIGMA_MIN, FORGE_SIGMA_MIN, REFORGE_MODULES, SIGMA_MAX, SDModel, stand_in_host
 
 from dode_core import Lambdas, distill, load_lambdas, sample
+from dode_core.rules import proof_summary
 from models import GaussianDenoiser
 
 # the host table's deterministic samplers, in the host's order (tests/webui_stub/modules/sd_samplers_kdiffusion.py)
@@ -124,7 +125,7 @@ def test_settings_offer_auto_and_the_files_in_the_folder(webui, monkeypatch, K, 
     assert info.default == "auto" and info.component == "Dropdown"
     assert info.component_args() == {"choices": ["auto"]}
     os.makedirs(host.folder)
-    distill(GaussianDenoiser(), torch.randn(4, 1, 2, 2) * 80, karras(4), K.sample_euler, teacher_factor=2).save(
+    distill(GaussianDenoiser(), torch.randn(4, 1, 2, 2) * 80, karras(4), K.sample_euler, teacher_factor=4).save(
         os.path.join(host.folder, "a.safetensors"))
     assert info.component_args() == {"choices": ["auto", "a.safetensors"]}
 
@@ -146,7 +147,7 @@ def test_a_distill_then_a_plain_d_ode_run(webui, K):
     assert p.extra_generation_params["D-ODE distill"] == "teacher auto x4, history 1"
     heldout = p.extra_generation_params["D-ODE held-out RMSE"]  # the fit's proof, in the job's infotext
     base, dode, count = lam.heldout()
-    assert heldout == f"{base:.4g} -> {dode:.4g} (1 held-out latents, D-ODE / base {dode / base:.2f})" and dode < base
+    assert heldout == proof_summary(lam) and f"{count} latents" in heldout and count == 4 and dode < base
 
     p2 = host.P(sampler_name="D-ODE Euler", steps=5, batch_size=4)
     (plain,) = host.run(p2, "")  # the setting: auto
@@ -177,7 +178,7 @@ def test_a_distill_asked_of_img2img_is_refused_not_ignored(webui):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (("", True, 10**9, "1"), r"teacher sub-steps per step must be a whole number from 1 to 100; got '1000000000'"),
+    (("", True, 10**9, "1"), r"teacher sub-steps per step must be a whole number from 2 to 100; got '1000000000'"),
     (("", True, "٤", "1"), r"teacher sub-steps per step must be a whole number"),
     (("", True, 4, "9"), r"history terms per call must be a whole number from 1 to 8"),
     (("", True, 4, "1", "Euler a"), r"teacher 'Euler a' is not one of this host's supported samplers; choose auto "
@@ -186,7 +187,7 @@ def test_a_distill_asked_of_img2img_is_refused_not_ignored(webui):
 def test_bad_distill_arguments_stop_the_job_with_a_message(webui, args, message):
     host = webui()
     with pytest.raises(ValueError, match=message):
-        host.run(host.P(sampler_name="Euler", steps=5, batch_size=2), *args)
+        host.run(host.P(sampler_name="Euler", steps=5, batch_size=4), *args)
     assert files(host) == [] and host.shared.sd_model.calls == 0
 
 
@@ -199,17 +200,17 @@ def test_the_teacher_bound_scales_with_the_steps(webui):
 
 def test_none_script_arguments_take_the_defaults(webui):
     host = webui()
-    p = host.P(sampler_name="Euler", steps=3, batch_size=2)
+    p = host.P(sampler_name="Euler", steps=3, batch_size=4)
     host.run(p, None, True, None, None, None, None)  # the API may send nulls for every argument
     (name,) = files(host)
     meta = load_lambdas(os.path.join(host.folder, name)).metadata
     assert (meta["teacher_factor"], meta["history_mode"]) == ("10", "1")
-    host.run(host.P(sampler_name="D-ODE Euler", steps=3, batch_size=2), None, None, None, None, None, None)
+    host.run(host.P(sampler_name="D-ODE Euler", steps=3, batch_size=4), None, None, None, None, None, None)
 
 
 def test_the_teacher_is_selectable(webui):
     host = webui()
-    host.run(host.P(sampler_name="Euler", steps=3, batch_size=2), "", True, 2, "1", "Heun")
+    host.run(host.P(sampler_name="Euler", steps=3, batch_size=4), "", True, 2, "1", "Heun")
     (name,) = files(host)
     assert load_lambdas(os.path.join(host.folder, name)).metadata["teacher_sampler"] == "heun"
 
@@ -218,7 +219,7 @@ def test_progress_after_a_distill_is_the_sampling_runs(webui):
     # issue 11, point 2: the step total and text stayed at the distill's ("model call 18/18") while sampling
     host = webui()
     seen = []
-    p = host.P(sampler_name="Euler", steps=5, batch_size=2)
+    p = host.P(sampler_name="Euler", steps=5, batch_size=4)
     original = host.common.Sampler.callback_state
 
     def watch(sampler, d):
@@ -248,15 +249,15 @@ def test_d_ode_runs_and_distills_draw_the_hosts_noise_exactly_as_the_base_sample
     # one per step; the probe, the teacher and every replay used to draw too
     host = webui()
     draws = counting_draws(host)
-    base = host.run(host.P(sampler_name="Euler", steps=5, batch_size=2, n_iter=2))
+    base = host.run(host.P(sampler_name="Euler", steps=5, batch_size=4, n_iter=2))
     base_draws = list(draws)
-    assert base_draws == [1234] * 6 + [1236] * 6  # per batch: the start noise and one per step
+    assert base_draws == [1234] * 6 + [1238] * 6  # per batch: the start noise and one per step
 
     draws.clear()
-    distilled = host.run(host.P(sampler_name="Euler", steps=5, batch_size=2, n_iter=2), "", True, 4, "1")
+    distilled = host.run(host.P(sampler_name="Euler", steps=5, batch_size=4, n_iter=2), "", True, 4, "1")
     assert draws == base_draws
     draws.clear()
-    again = host.run(host.P(sampler_name="D-ODE Euler", steps=5, batch_size=2, n_iter=2), "")
+    again = host.run(host.P(sampler_name="D-ODE Euler", steps=5, batch_size=4, n_iter=2), "")
     assert draws == base_draws
     assert torch.equal(distilled[1], again[1])  # later batches: the same images from the same seeds
     assert not torch.equal(base[1], again[1])  # (and D-ODE did change them)
@@ -281,7 +282,7 @@ def test_reforge_d_ode_corrects_the_sampler_of_the_module_its_setting_chose(webu
     spec = host.script.spec_for_label("Euler", host.script.OFFERED)
     assert host.script.resolve_function(spec.funcname) is chosen.sample_euler is not K.sample_euler
     draws = counting_draws(host)
-    host.run(host.P(sampler_name="Euler", steps=4, batch_size=2), "", True, 4, "1")
+    host.run(host.P(sampler_name="Euler", steps=4, batch_size=4), "", True, 4, "1")
     assert isinstance(chosen.torch, host.common.TorchHijack) and K.torch is torch
     assert draws == [1234] * 5  # the chosen module's hijack saw exactly the base sampler's draws
 
@@ -343,7 +344,7 @@ def test_a_distill_job_can_ask_for_the_schedule_fit(webui, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(job, "distill", spy)
-    p = host.P(sampler_name="Euler", steps=3, batch_size=2)
+    p = host.P(sampler_name="Euler", steps=3, batch_size=4)
     host.run(p, "", True, 4, "1", "auto", True)
     assert asked["fit_schedule"] is True and asked["teacher_sampler"] is None
     assert p.extra_generation_params["D-ODE distill"] == "teacher auto x4, history 1, fitted schedule"
@@ -390,9 +391,9 @@ def test_interrupt_stops_a_distill_and_no_file_is_written(webui):
     model.__call__ = interrupt_at_the_seventh_call
     host.shared.sd_model = interrupt_at_the_seventh_call
     interrupt_at_the_seventh_call.sigma_min, interrupt_at_the_seventh_call.sigma_max = model.sigma_min, model.sigma_max
-    (latent,) = host.run(host.P(sampler_name="Euler", steps=4, batch_size=2), "", True, 4, "1")
+    (latent,) = host.run(host.P(sampler_name="Euler", steps=4, batch_size=4), "", True, 4, "1")
     assert files(host) == [] and model.calls == 7
-    assert latent.shape == (2, 1, 4, 4)  # launch_sampling returned its last latent, as WebUI does
+    assert latent.shape == (4, 1, 4, 4)  # launch_sampling returned its last latent, as WebUI does
 
 
 def test_a_run_without_a_file_stops_with_the_message_and_the_override_is_used(webui):
@@ -481,7 +482,7 @@ def test_the_distill_result_and_the_file_used_reach_the_console_at_the_hosts_def
     host.run(host.P(sampler_name="Euler", steps=4, batch_size=4), "", True, 4, "1")
     host.run(host.P(sampler_name="D-ODE Euler", steps=4, batch_size=4, seed=5), "")
     err = capsys.readouterr().err
-    assert ("held-out RMSE" in err and "λ file tiny_euler_4steps" in err) is shown
+    assert ("final-state RMSE to the teacher: base" in err and "λ file tiny_euler_4steps" in err) is shown
     assert root.getEffectiveLevel() == logging.WARNING and not any(
         type(handler).__module__.startswith("dode") for handler in root.handlers)  # the host's config untouched
 

@@ -1,0 +1,132 @@
+"""λ of one model call, fitted on the whole batch and cross-fitted on every latent (leave one out).
+
+At call k each latent i contributes its Gram matrix, right side and residual energy over the call's directions
+``v_j`` (blackbox: the weight of this call's output in the next state times the history terms):
+
+    G_i = [<v_j, v_l>]_jl,   b_i = [<t_i - x0_i, v_j>]_j,   c_i = |t_i - x0_i|^2
+
+where t_i is the teacher's state at the next call's sigma and x0_i the next state with λ = 0. Then
+
+    lambda        = G^-1 b                             over every latent: what the file delivers
+    lambda_(-i)   = (G - G_i)^-1 (b - b_i)              without latent i: what latent i is corrected with
+    E_i(lambda)   = c_i - 2 lambda.b_i + lambda^T G_i lambda    (latent i's next-state error)
+
+so every latent is judged by λ it was not fitted on, at no model cost, and a batch of 8 proves with 8. The
+number of terms (0 = leave the call uncorrected) is the one with the least leave-one-out error summed over the
+batch; ties go to fewer terms.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .lambdas_file import MAX_ABS_LAMBDA
+
+log = logging.getLogger(__name__)
+
+# one-sided 95% quantiles of Student's t by degrees of freedom (beyond 30: the normal quantile, 1.645)
+T_95 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812, 1.796, 1.782, 1.771, 1.761, 1.753,
+        1.746, 1.740, 1.734, 1.729, 1.725, 1.721, 1.717, 1.714, 1.711, 1.708, 1.706, 1.703, 1.701, 1.699, 1.697)
+
+
+def dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """Per-latent inner products ``out[n, i, j] = <a_i[n], b_j[n]>`` as float64 on the CPU (the sums are formed
+    in the tensors' own precision, at least float32, on their device: no float64 on devices that lack it)."""
+    flat_a = [t.reshape(t.shape[0], -1) for t in a]
+    flat_b = [t.reshape(t.shape[0], -1) for t in b]
+    out = torch.stack([torch.stack([(u * v).sum(-1) for v in flat_b], -1) for u in flat_a], -2)
+    return out.to("cpu", torch.float64)
+
+
+def batch_stats(directions: list[torch.Tensor], residual: torch.Tensor):
+    """Per-latent Gram matrices G (B, m, m), right sides b (B, m) and residual energies c (B,), float64, CPU."""
+    G = dots(directions, directions)
+    b = dots(directions, [residual])[..., 0]
+    c = dots([residual], [residual])[:, 0, 0]
+    return G, b, c
+
+
+def solve(G: torch.Tensor, b: torch.Tensor, floor: float) -> torch.Tensor:
+    """Least squares ``G lam = b`` (one system or a batch); directions with energy below ``floor`` get no λ."""
+    return (torch.linalg.pinv(G, atol=floor, rtol=1e-12, hermitian=True) @ b.unsqueeze(-1)).squeeze(-1)
+
+
+def latent_errors(G, b, c, lambdas) -> torch.Tensor:
+    """``E_i = c_i - 2 lam_i.b_i + lam_i^T G_i lam_i`` for per-latent λ (B, m)."""
+    return c - 2 * (lambdas * b).sum(-1) + torch.einsum("bi,bij,bj->b", lambdas, G, lambdas)
+
+
+@dataclass
+class CallFit:
+    """The fit of one call.
+
+    lambdas:     (max_terms,) float64, float32-exact: what the file holds for this call
+    per_latent:  (B, max_terms) float64: the λ each latent was corrected with, fitted without it
+    terms:       the number of terms used (0: the call is left uncorrected)
+    energy_before, energy_after: the next state's squared error summed over the batch with λ = 0 and with each
+                 latent's leave-one-out λ
+    """
+
+    lambdas: torch.Tensor
+    per_latent: torch.Tensor
+    terms: int
+    energy_before: float
+    energy_after: float
+
+
+def fit_call(G, b, c, floor: float, history, max_terms: int) -> CallFit:
+    """The call's λ from per-latent statistics (batch_stats over its available terms, m <= max_terms).
+
+    history: a term count (the call uses it, or none) or "auto" (any count up to the available terms): the
+    choice with the least leave-one-out error wins, so a call whose λ do not help latents they were not fitted on
+    is left uncorrected.
+    """
+    batch, available = c.shape[0], G.shape[-1]
+    before = float(c.sum())
+    delivered = torch.zeros(max_terms, dtype=torch.float64)
+    per_latent = torch.zeros(batch, max_terms, dtype=torch.float64)
+    counts = range(1, available + 1) if history == "auto" else [min(int(history), available)] if available else []
+    best_terms, best_error, best_loo = 0, before, None
+    G_total, b_total = G.sum(0), b.sum(0)
+    for m in counts:
+        loo = solve(G_total[:m, :m] - G[:, :m, :m], b_total[:m] - b[:, :m], floor)
+        error = float(latent_errors(G[:, :m, :m], b[:, :m], c, loo).sum())
+        if error < best_error:
+            best_terms, best_error, best_loo = m, error, loo
+    if best_terms:
+        lambdas = solve(G_total[:best_terms, :best_terms], b_total[:best_terms], floor)
+        if not bool(lambdas.abs().max() <= MAX_ABS_LAMBDA) or not bool(best_loo.abs().max() <= MAX_ABS_LAMBDA):
+            log.info("a call's λ %s are beyond %g: this call is left uncorrected", lambdas.tolist(), MAX_ABS_LAMBDA)
+            return CallFit(delivered, per_latent, 0, before, before)
+        delivered[:best_terms] = lambdas.float().double()  # exactly the λ the file will hold
+        per_latent[:, :best_terms] = best_loo
+    return CallFit(delivered, per_latent, best_terms, before, best_error)
+
+
+def t_critical(degrees_of_freedom: int) -> float:
+    """The one-sided 95% quantile of Student's t (T_95; the normal quantile beyond its end)."""
+    return T_95[degrees_of_freedom - 1] if degrees_of_freedom <= len(T_95) else 1.645
+
+
+def proves_gain(base_errors: torch.Tensor, dode_errors: torch.Tensor) -> bool:
+    """Whether D-ODE beats the base on these latents by more than chance (squared final-state errors per latent):
+
+        mean(g) > t_0.95(n - 1) * std(g) / sqrt(n),   g_i = log(e_base,i / e_dode,i)    (a paired t-test at 95%)
+        and  sum e_dode < sum e_base                                                    (the RMSE is lower too)
+
+    The test is on log ratios, not on differences: latents far from the teacher (another mode, a larger scale)
+    would dominate differences and hide a gain every latent shows; the RMSE condition keeps a fit that helps the
+    typical latent but hurts the far ones from passing."""
+    base, dode = base_errors.double(), dode_errors.double()
+    tiny = 1e-12 * float(base.mean()) + 1e-300  # exact results (error 0) compare as very good, not as infinite
+    gain = torch.log((base + tiny) / (dode + tiny))
+    count = len(gain)
+    if not bool(dode.sum() < base.sum()):
+        return False
+    if count < 2:
+        return bool(gain.sum() > 0)
+    return bool(gain.mean() > t_critical(count - 1) * gain.std() / math.sqrt(count))
