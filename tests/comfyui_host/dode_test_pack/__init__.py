@@ -91,10 +91,10 @@ class GMMModel(comfy.model_base.BaseModel):
     """A ComfyUI BaseModel whose denoised output is the exact posterior mean E[x0 | x_sigma] of a Gaussian mixture
     (tests/comfyui_host/dode_test_pack/gmm.py); the mixture weights follow the conditioning's value."""
 
-    def __init__(self, model_type: str, seed: int):
+    def __init__(self, model_type: str, seed: int, mixture: str = "separated"):
         config = _GMMConfig({"disable_unet_model_creation": True})
         super().__init__(config, model_type=MODEL_TYPES[model_type], device=torch.device("cpu"))
-        self.diffusion_model = _GMMNet(gmm.make_mixture(int(torch.tensor(GMM_SHAPE).prod()), seed))
+        self.diffusion_model = _GMMNet(gmm.named_mixture(mixture, int(torch.tensor(GMM_SHAPE).prod()), seed))
 
     def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
         GMM_CALLS["apply_model"] += 1
@@ -112,8 +112,8 @@ class GMMModel(comfy.model_base.BaseModel):
         return denoised.to(x.device)
 
 
-def build_gmm_model(model_type: str, seed: int):
-    model = GMMModel(model_type, seed)
+def build_gmm_model(model_type: str, seed: int, mixture: str = "separated"):
+    model = GMMModel(model_type, seed, mixture)
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
 
@@ -127,10 +127,11 @@ class DODETestGMMModel:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model_type": (list(GMM_MODEL_TYPES),), "seed": ("INT", {"default": 0, "min": 0})}}
+        return {"required": {"model_type": (list(GMM_MODEL_TYPES),), "seed": ("INT", {"default": 0, "min": 0})},
+                "optional": {"mixture": (list(gmm.MIXTURES),)}}
 
-    def build(self, model_type, seed):
-        return (build_gmm_model(model_type, seed),)
+    def build(self, model_type, seed, mixture="separated"):
+        return (build_gmm_model(model_type, seed, mixture),)
 
 
 class DODETestTinyModel:

@@ -19,6 +19,10 @@ import torch
 
 COMPONENTS = 8
 STD_RANGE = (0.3, 0.6)
+# (components, mean scale, std range) of the mixtures the tests use. "separated": 8 islands about 22 apart in 256
+# dimensions, each 0.3-0.6 wide: a few-step sampler sends 5-10% of latents to another island, and an RMSE over a
+# batch mostly counts those (which island, not how well). "overlapping": 16 components 0.5 apart per value, 0.5-1 wide.
+MIXTURES = {"separated": (COMPONENTS, 1.0, STD_RANGE), "overlapping": (16, 0.5, (0.5, 1.0))}
 
 
 @dataclass(frozen=True)
@@ -30,15 +34,22 @@ class Mixture:
     weight_logits: torch.Tensor
 
 
-def make_mixture(dim: int, seed: int, components: int = COMPONENTS) -> Mixture:
-    """K components with N(0, 1) means per value, stds uniform in STD_RANGE and N(0, 1) weight logits, all drawn
-    from one generator seeded with ``seed``."""
+def make_mixture(dim: int, seed: int, components: int = COMPONENTS, mean_scale: float = 1.0,
+                 std_range: tuple[float, float] = STD_RANGE) -> Mixture:
+    """K components with N(0, mean_scale^2) means per value, stds uniform in ``std_range`` and N(0, 1) weight
+    logits, all drawn from one generator seeded with ``seed``."""
     generator = torch.Generator().manual_seed(seed)
-    means = torch.randn(components, dim, generator=generator, dtype=torch.float64)
-    low, high = STD_RANGE
+    means = mean_scale * torch.randn(components, dim, generator=generator, dtype=torch.float64)
+    low, high = std_range
     stds = low + (high - low) * torch.rand(components, generator=generator, dtype=torch.float64)
     weight_logits = torch.randn(components, generator=generator, dtype=torch.float64)
     return Mixture(means, stds, weight_logits)
+
+
+def named_mixture(name: str, dim: int, seed: int) -> Mixture:
+    """One of MIXTURES by name."""
+    components, mean_scale, std_range = MIXTURES[name]
+    return make_mixture(dim, seed, components, mean_scale, std_range)
 
 
 def weights(mixture: Mixture, cond: torch.Tensor) -> torch.Tensor:
