@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .blackbox import ModelProxy, SamplerMap, SamplerRefusedError, close_enough, sigma_value
+from .correction import differences, working_precision
 from .lambdas_file import MAX_ABS_LAMBDA
 
 log = logging.getLogger(__name__)
@@ -130,3 +132,109 @@ def proves_gain(base_errors: torch.Tensor, dode_errors: torch.Tensor) -> bool:
     if count < 2:
         return bool(gain.sum() > 0)
     return bool(gain.mean() > t_critical(count - 1) * gain.std() / math.sqrt(count))
+
+
+class CrossFitRun(ModelProxy):
+    """The student run, driven by the real sampler once: at call k it reads the state the sampler passes, checks
+    it against the state the sampler's affine map predicted, calls the model, fits λ_k (crossfit.fit_call) and
+    hands back each latent's output corrected with the λ fitted without it. Holds O(history + window)
+    full-batch tensors."""
+
+    def __init__(self, model, name, sampler_map: SamplerMap, targets, history, max_terms: int):
+        super().__init__(model)
+        self.name, self.map, self.targets = name, sampler_map, targets
+        self.history, self.max_terms = history, max_terms
+        self.raw: list[torch.Tensor] = []  # the last max_terms + 1 raw outputs (working precision)
+        self.given: list[torch.Tensor] = []  # the last outputs_kept corrected outputs the sampler was given
+        self.start: torch.Tensor | None = None
+        self.predicted: torch.Tensor | None = None  # the next input the map predicts
+        self.predicted_scale = 0.0  # the norms of the terms summed into it, for the rounding tolerance
+        self.fits: list[CallFit] = []
+
+    def refuse(self, why: str):
+        raise SamplerRefusedError(f"sampler '{self.name}' {why}; D-ODE needs a deterministic ODE sampler with "
+                                  "fixed steps that is affine in the denoised output (euler, heun, dpmpp_2m, ...).")
+
+    def check_state(self, actual: torch.Tensor, where: str) -> None:
+        if not close_enough(actual.to(self.predicted.dtype), self.predicted, self.predicted_scale):
+            self.refuse(f"did not reach the state its stand-in probes predicted {where} (it injects noise, keeps "
+                        "state between runs, or is not affine in the denoised output)")
+
+    def __call__(self, x, sigma, **extra_args):
+        k = len(self.fits)
+        calls = len(self.map.call_sigmas)
+        if k >= calls or not math.isclose(sigma_value(sigma), self.map.call_sigmas[k], rel_tol=1e-5, abs_tol=1e-8):
+            self.refuse(f"made model call {k} at sigma {sigma_value(sigma):.4g}, not as on its free probe run "
+                        "(it adapts its steps)")
+        if k == 0:
+            self.start = x.detach().clone() if self.map.needs_start else None
+        else:
+            self.check_state(x, f"at model call {k}")
+        denoised = working_precision(self.inner(x, sigma, **extra_args))
+        self.raw.append(denoised)
+        del self.raw[: -(self.max_terms + 1)]
+        terms = differences(self.raw, self.max_terms)
+
+        # x_next(λ) = x_zero + own * sum_j λ_j term_j, all in the outputs' working precision
+        step = self.map.steps[k]
+        x_zero = x.to(denoised.dtype) * step.alpha
+        scale = abs(step.alpha) * float(x.norm())
+        if step.gamma:
+            x_zero.add_(self.start.to(denoised.dtype), alpha=step.gamma)
+            scale += abs(step.gamma) * float(self.start.norm())
+        earlier = self.given[len(self.given) - (len(step.betas) - 1):] if len(step.betas) > 1 else []
+        for beta, output in zip(step.betas, earlier + [denoised], strict=True):
+            x_zero.add_(output, alpha=beta)
+            scale += abs(beta) * float(output.norm())
+        directions = [term * step.own for term in terms]
+
+        call_fit = self._fit(x_zero, directions, k)
+        self.fits.append(call_fit)
+        corrected = denoised
+        if call_fit.terms:
+            corrected = denoised.clone()
+            for j in range(call_fit.terms):
+                lam = _per_latent(call_fit.per_latent[:, j], denoised)
+                corrected.add_(terms[j] * lam)
+                x_zero.add_(directions[j] * lam)
+                scale += float(call_fit.per_latent[:, j].abs().max()) * float(directions[j].norm())
+        self.predicted, self.predicted_scale = x_zero, scale
+        self.given.append(corrected)
+        del self.given[: -max(self.map.outputs_kept, 1)]
+        return corrected
+
+    def _fit(self, x_zero, directions, k) -> CallFit:
+        residual = self.targets[k].to(x_zero.device, x_zero.dtype) - x_zero
+        if not directions:  # the first call has no earlier output to correct with
+            energy = float(dots([residual], [residual]).sum())
+            return CallFit(torch.zeros(self.max_terms, dtype=torch.float64),
+                           torch.zeros(x_zero.shape[0], self.max_terms, dtype=torch.float64), 0, energy, energy)
+        G, b, c = batch_stats(directions, residual)
+        # directions with energy below (1e-6 |x|)^2 are rounding, not signal: they get no λ
+        floor = 1e-12 * float(dots([x_zero], [x_zero]).sum())
+        return fit_call(G, b, c, floor, self.history, self.max_terms)
+
+
+def _per_latent(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) float64 λ as a (B, 1, ..., 1) tensor in ``like``'s dtype and device."""
+    return values.to(like.device, like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def final_errors(final: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each latent's final state (float64, CPU)."""
+    error = final.detach().to("cpu", torch.float64) - reference.to("cpu", torch.float64)
+    return error.reshape(error.shape[0], -1).square().mean(-1)
+
+
+def ratio_standard_error(base_errors: torch.Tensor, dode_errors: torch.Tensor) -> float:
+    """Standard error of ``R = sqrt(sum e_dode / sum e_base)`` over the latents (delta method, paired):
+
+        SE(R) = std(e_dode,i - R^2 e_base,i) / (sqrt(n) mean(e_base) 2 R)
+
+    With 8 latents it is typically 10-20% of R: what a claim made on the fit batch can promise."""
+    count = len(base_errors)
+    ratio_squared = float(dode_errors.sum() / base_errors.sum())
+    if count < 2 or ratio_squared <= 0:
+        return 0.0
+    spread = float((dode_errors - ratio_squared * base_errors).std())
+    return spread / (math.sqrt(count) * float(base_errors.mean()) * 2 * math.sqrt(ratio_squared))

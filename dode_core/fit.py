@@ -34,18 +34,17 @@ import torch
 from .blackbox import (
     ModelProxy,
     SamplerMap,
-    SamplerRefusedError,
     check_follows_schedule,
-    close_enough,
     measure_sampler,
     private_rng,
     sampler_name,
     sigma_value,
 )
-from .correction import all_finite, differences, working_precision
-from .crossfit import CallFit, batch_stats, dots, fit_call, proves_gain
+from .correction import all_finite
+from .crossfit import CallFit, CrossFitRun, final_errors, proves_gain, ratio_standard_error
 from .lambdas_file import Lambdas, format_sigmas
 from .schedule import check_calls_on_schedule, dense_grid, merge_points, run_dense_teacher, schedule_range
+from .search import EFFORT, ScheduleSearch, Surrogate, start_paths
 from .teacher import (
     check_teacher,
     convergence_error,
@@ -84,7 +83,7 @@ class FitOptions:
     teacher_factor: int
     teacher: object
     history: int | str
-    fit_schedule: bool
+    fit_schedule: bool | str  # False, True or "thorough"
     sigma_min: float
     extra_args: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)  # the student sampler's
@@ -169,114 +168,8 @@ def check_inputs(x, sigmas, teacher_factor, history) -> None:
                          f"proof); got {x.shape[0]}.")
 
 
-class _CrossFitRun(ModelProxy):
-    """The student run, driven by the real sampler once: at call k it reads the state the sampler passes, checks
-    it against the state the sampler's affine map predicted, calls the model, fits λ_k (crossfit.fit_call) and
-    hands back each latent's output corrected with the λ fitted without it. Holds O(history + window)
-    full-batch tensors."""
-
-    def __init__(self, model, name, sampler_map: SamplerMap, targets, history, max_terms: int):
-        super().__init__(model)
-        self.name, self.map, self.targets = name, sampler_map, targets
-        self.history, self.max_terms = history, max_terms
-        self.raw: list[torch.Tensor] = []  # the last max_terms + 1 raw outputs (working precision)
-        self.given: list[torch.Tensor] = []  # the last outputs_kept corrected outputs the sampler was given
-        self.start: torch.Tensor | None = None
-        self.predicted: torch.Tensor | None = None  # the next input the map predicts
-        self.predicted_scale = 0.0  # the norms of the terms summed into it, for the rounding tolerance
-        self.fits: list[CallFit] = []
-
-    def refuse(self, why: str):
-        raise SamplerRefusedError(f"sampler '{self.name}' {why}; D-ODE needs a deterministic ODE sampler with "
-                                  "fixed steps that is affine in the denoised output (euler, heun, dpmpp_2m, ...).")
-
-    def check_state(self, actual: torch.Tensor, where: str) -> None:
-        if not close_enough(actual.to(self.predicted.dtype), self.predicted, self.predicted_scale):
-            self.refuse(f"did not reach the state its stand-in probes predicted {where} (it injects noise, keeps "
-                        "state between runs, or is not affine in the denoised output)")
-
-    def __call__(self, x, sigma, **extra_args):
-        k = len(self.fits)
-        calls = len(self.map.call_sigmas)
-        if k >= calls or not math.isclose(sigma_value(sigma), self.map.call_sigmas[k], rel_tol=1e-5, abs_tol=1e-8):
-            self.refuse(f"made model call {k} at sigma {sigma_value(sigma):.4g}, not as on its free probe run "
-                        "(it adapts its steps)")
-        if k == 0:
-            self.start = x.detach().clone() if self.map.needs_start else None
-        else:
-            self.check_state(x, f"at model call {k}")
-        denoised = working_precision(self.inner(x, sigma, **extra_args))
-        self.raw.append(denoised)
-        del self.raw[: -(self.max_terms + 1)]
-        terms = differences(self.raw, self.max_terms)
-
-        # x_next(λ) = x_zero + own * sum_j λ_j term_j, all in the outputs' working precision
-        step = self.map.steps[k]
-        x_zero = x.to(denoised.dtype) * step.alpha
-        scale = abs(step.alpha) * float(x.norm())
-        if step.gamma:
-            x_zero.add_(self.start.to(denoised.dtype), alpha=step.gamma)
-            scale += abs(step.gamma) * float(self.start.norm())
-        earlier = self.given[len(self.given) - (len(step.betas) - 1):] if len(step.betas) > 1 else []
-        for beta, output in zip(step.betas, earlier + [denoised], strict=True):
-            x_zero.add_(output, alpha=beta)
-            scale += abs(beta) * float(output.norm())
-        directions = [term * step.own for term in terms]
-
-        call_fit = self._fit(x_zero, directions, k)
-        self.fits.append(call_fit)
-        corrected = denoised
-        if call_fit.terms:
-            corrected = denoised.clone()
-            for j in range(call_fit.terms):
-                lam = _per_latent(call_fit.per_latent[:, j], denoised)
-                corrected.add_(terms[j] * lam)
-                x_zero.add_(directions[j] * lam)
-                scale += float(call_fit.per_latent[:, j].abs().max()) * float(directions[j].norm())
-        self.predicted, self.predicted_scale = x_zero, scale
-        self.given.append(corrected)
-        del self.given[: -max(self.map.outputs_kept, 1)]
-        return corrected
-
-    def _fit(self, x_zero, directions, k) -> CallFit:
-        residual = self.targets[k].to(x_zero.device, x_zero.dtype) - x_zero
-        if not directions:  # the first call has no earlier output to correct with
-            energy = float(dots([residual], [residual]).sum())
-            return CallFit(torch.zeros(self.max_terms, dtype=torch.float64),
-                           torch.zeros(x_zero.shape[0], self.max_terms, dtype=torch.float64), 0, energy, energy)
-        G, b, c = batch_stats(directions, residual)
-        # directions with energy below (1e-6 |x|)^2 are rounding, not signal: they get no λ
-        floor = 1e-12 * float(dots([x_zero], [x_zero]).sum())
-        return fit_call(G, b, c, floor, self.history, self.max_terms)
-
-
-def _per_latent(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,) float64 λ as a (B, 1, ..., 1) tensor in ``like``'s dtype and device."""
-    return values.to(like.device, like.dtype).view(-1, *([1] * (like.dim() - 1)))
-
-
-def latent_errors(final: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of each latent's final state (float64, CPU)."""
-    error = final.detach().to("cpu", torch.float64) - reference.to("cpu", torch.float64)
-    return error.reshape(error.shape[0], -1).square().mean(-1)
-
-
 def _rmse(errors: torch.Tensor) -> float:
     return float(errors.mean().sqrt())
-
-
-def ratio_standard_error(base_errors: torch.Tensor, dode_errors: torch.Tensor) -> float:
-    """Standard error of ``R = sqrt(sum e_dode / sum e_base)`` over the latents (delta method, paired):
-
-        SE(R) = std(e_dode,i - R^2 e_base,i) / (sqrt(n) mean(e_base) 2 R)
-
-    With 8 latents it is typically 10-20% of R: what a claim made on the fit batch can promise."""
-    count = len(base_errors)
-    ratio_squared = float(dode_errors.sum() / base_errors.sum())
-    if count < 2 or ratio_squared <= 0:
-        return 0.0
-    spread = float((dode_errors - ratio_squared * base_errors).std())
-    return spread / (math.sqrt(count) * float(base_errors.mean()) * 2 * math.sqrt(ratio_squared))
 
 
 @dataclass
@@ -289,7 +182,21 @@ class _Candidate:
     sampler_map: SamplerMap
     fits: list[CallFit]
     dode_errors: torch.Tensor
-    base_errors: torch.Tensor
+    base_errors: torch.Tensor | None
+
+
+@dataclass
+class _ScheduleChoice:
+    """The fitted schedule a search found, run for real: chosen on the ``search`` latents (by the surrogate, then by
+    the real runs), to be judged on the ``proof`` latents only."""
+
+    candidate: _Candidate
+    search: slice
+    proof: slice
+    surrogate_mse: float
+    origin: str
+    scored: int
+    real_runs: int
 
 
 class _Fit:
@@ -300,6 +207,7 @@ class _Fit:
         self.name = sampler_name(sampler)
         self.progress = progress
         self.checked = _CheckedModel(model, progress)
+        self.teacher_calls = 0
 
     def run(self, model, sigmas, role: str) -> torch.Tensor:
         """One run of the student sampler over the batch (a copy of the schedule each: ComfyUI's UniPC writes
@@ -313,19 +221,20 @@ class _Fit:
         return run_teacher(self.checked, self.x, grid, self.opts.teacher, wanted_sigmas, teacher_calls,
                            extra_args=self.opts.extra_args, options=self.opts.teacher_options)
 
-    def candidate(self, source, sigmas, sampler_map, targets, reference, base_final=None) -> _Candidate:
-        """Cross-fitted D-ODE and the base on ``sigmas`` (its run, unless given), both scored against ``reference``
-        (the teacher's end)."""
-        live = _CrossFitRun(self.checked, self.name, sampler_map, targets, self.opts.history, self.opts.max_terms)
+    def candidate(self, source, sigmas, sampler_map, targets, reference, base_final=None,
+                  with_base: bool = True) -> _Candidate:
+        """Cross-fitted D-ODE and the base on ``sigmas`` (its run, unless given or not wanted), both scored against
+        ``reference`` (the teacher's end)."""
+        live = CrossFitRun(self.checked, self.name, sampler_map, targets, self.opts.history, self.opts.max_terms)
         dode_final = self.run(live, sigmas, f"student run ({source} schedule)")
         calls = len(sampler_map.call_sigmas)
         if len(live.fits) != calls:
             live.refuse(f"made {len(live.fits)} model calls, not the {calls} of its free probe run")
         live.check_state(dode_final, "at its result")
-        if base_final is None:
+        if base_final is None and with_base:
             base_final = self.run(self.checked, sigmas, f"base run ({source} schedule)")
-        return _Candidate(source, sigmas, sampler_map, live.fits, latent_errors(dode_final, reference),
-                          latent_errors(base_final, reference))
+        return _Candidate(source, sigmas, sampler_map, live.fits, final_errors(dode_final, reference),
+                          None if base_final is None else final_errors(base_final, reference))
 
 
 def distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, teacher_sampler=None, history=1,
@@ -344,11 +253,14 @@ def distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, te
     sigma_min: the model's smallest sigma: the teacher sub-steps the last interval down to it before its final
               denoise. None: ``model.sigma_min`` where the model has one (k-diffusion's wrapped models), else
               0.002 (EDM's). Hosts pass their model's own (ComfyUI: ``model_sampling.sigma_min``).
-    fit_schedule: also try a schedule chosen by the fit. ``sigmas`` still is the user's schedule (and its step
-              count and first sigma the fitted one's); the teacher runs once over a dense grid down to
-              ``sigma_min`` holding the user's sigmas, the schedule with the least summed one-step error is
-              chosen from that run (dode_core.schedule), and λ are fitted on both schedules. The file holds the
-              better D-ODE of the two (``lam.schedule``, ``schedule_source``).
+    fit_schedule: also try a schedule chosen for the corrected sampler (True, or "thorough" for a wider search).
+              ``sigmas`` still is the user's schedule (its step count and first sigma are the fitted one's); the
+              teacher runs once over a dense grid down to ``sigma_min`` holding the user's sigmas; schedules are
+              scored on a surrogate of that run by the final error of this sampler with λ refit (dode_core.search)
+              on the first half of the batch, the best few run for real; the fitted schedule is delivered only if
+              its D-ODE beats D-ODE on the user's schedule (and the base) on the other half, which chose nothing
+              (``lam.schedule``, ``schedule_source``). Cost: 1.5 teacher runs + 2 + real candidates (2; thorough 5)
+              + 1 student runs.
 
     Every fit measures its teacher against the same teacher at half the factor (``teacher_error`` in the file). A
     teacher not clearly closer to the ODE's end than the base (its error over TEACHER_MARGIN times the base's
@@ -358,9 +270,11 @@ def distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, te
     """
     with torch.no_grad(), private_rng():
         check_inputs(x, sigmas, teacher_factor, history)
+        if fit_schedule not in (False, True, "thorough"):
+            raise ValueError(f"fit_schedule must be False, True or 'thorough'; got {fit_schedule!r}.")
         teacher = teacher_sampler or sample_dpmpp_2m_teacher
         opts = FitOptions(teacher_factor=teacher_factor, teacher=teacher, history=history,
-                          fit_schedule=bool(fit_schedule), sigma_min=model_sigma_min(model, sigma_min),
+                          fit_schedule=fit_schedule, sigma_min=model_sigma_min(model, sigma_min),
                           extra_args=dict(extra_args or {}), options=dict(options or {}),
                           teacher_options=dict(options or {}) if teacher is sampler else {})
         return _distill(model, x, sigmas.to(x.device), sampler, opts, callback)
@@ -398,7 +312,7 @@ def _distill(model, x, sigmas, sampler, opts: FitOptions, callback) -> Lambdas:
             user_targets = fit.teacher_run(grid, call_sigmas[1:], teacher_calls, "teacher run")
         reference = user_targets[-1]
         teacher_errors = convergence_error(reference, reference_half, teacher_order(fit.opts.teacher))
-        teacher_error, base_distance = _rmse(teacher_errors.square()), _rmse(latent_errors(base_user, reference))
+        teacher_error, base_distance = _rmse(teacher_errors.square()), _rmse(final_errors(base_user, reference))
         log.info("teacher x%d: %d model calls so far; its estimated error at the end %.3g, the base's distance to it "
                  "%.3g", fit.opts.teacher_factor, progress.done, teacher_error, base_distance)
         if teacher_error <= TEACHER_MARGIN * base_distance:
@@ -417,16 +331,46 @@ def _distill(model, x, sigmas, sampler, opts: FitOptions, callback) -> Lambdas:
         progress.total += len(teacher_calls)
         reference_half = reference
 
-    found = [fit.candidate("user", sigmas, user_map, user_targets, reference, base_user)]
-    if opts.fit_schedule:
-        fitted = dense.choose(len(sigmas) - 1)[0].to(device=x.device, dtype=sigmas.dtype)
-        fitted_map = measure_sampler(model, x, fitted, sampler, extra_args=opts.extra_args, options=opts.options)
-        check_calls_on_schedule(fitted_map.call_sigmas, fitted, name)
-        log.info("fitted schedule for %s: %s", name, format_sigmas(fitted))
-        fitted_targets = [dense.state_at(s) for s in fitted_map.call_sigmas[1:]] + [reference]
-        del dense
-        found.append(fit.candidate("fitted", fitted, fitted_map, fitted_targets, reference))
-    return _deliver(fit, found, teacher_errors)
+    fit.teacher_calls = progress.done - len(call_sigmas)  # everything so far but the base run
+    user = fit.candidate("user", sigmas, user_map, user_targets, reference, base_user)
+    choice = _search_schedule(fit, dense, sigmas, reference) if opts.fit_schedule else None
+    return _deliver(fit, user, choice, teacher_errors)
+
+
+def _search_schedule(fit: _Fit, dense, sigmas, reference) -> _ScheduleChoice | None:
+    """Search the schedule on the first half of the latents (search.py), run the best few for real, and keep the one
+    with the least real error there; the other half stays out of every choice, for the proof."""
+    x, opts = fit.x, fit.opts
+    half = x.shape[0] // 2
+    search_latents, proof_latents = slice(0, half), slice(half, None)
+    effort = EFFORT["thorough" if opts.fit_schedule == "thorough" else "default"]
+    surrogate = Surrogate(fit.model, dense, search_latents)
+    user_path = [surrogate.index(float(s)) for s in sigmas]
+    search = ScheduleSearch(surrogate, x[search_latents], dense.grid, fit.sampler, fit.name, opts.history,
+                            opts.max_terms, opts.extra_args, opts.options, effort, progress=fit.progress.report)
+    ranked = search.run(start_paths(dense, len(sigmas) - 1, user_path, search_latents))
+    real = []
+    for surrogate_mse, path, origin in ranked:
+        if path == user_path:
+            continue  # the user's schedule has run for real already
+        if len(real) == effort.real_candidates:
+            break
+        candidate_sigmas = dense.grid[path].to(device=x.device, dtype=sigmas.dtype)
+        sampler_map = measure_sampler(fit.model, x, candidate_sigmas, fit.sampler, extra_args=opts.extra_args,
+                                      options=opts.options)
+        check_calls_on_schedule(sampler_map.call_sigmas, candidate_sigmas, fit.name)
+        targets = [dense.state_at(s) for s in sampler_map.call_sigmas[1:]] + [reference]
+        fit.progress.total += len(sampler_map.call_sigmas)
+        candidate = fit.candidate("fitted", candidate_sigmas, sampler_map, targets, reference, with_base=False)
+        real.append((float(candidate.dode_errors[search_latents].mean()), surrogate_mse, origin, candidate))
+        log.info("schedule %s (%s): surrogate RMSE %.4g, real %.4g on the search latents", format_sigmas(
+            candidate_sigmas), origin, math.sqrt(surrogate_mse), math.sqrt(real[-1][0]))
+    if not real:
+        return None
+    _, surrogate_mse, origin, best = min(real, key=lambda found: found[0])
+    fit.progress.total += len(best.sampler_map.call_sigmas)
+    best.base_errors = final_errors(fit.run(fit.checked, best.sigmas, "base run (fitted schedule)"), reference)
+    return _ScheduleChoice(best, search_latents, proof_latents, surrogate_mse, origin, len(search.scores), len(real))
 
 
 def _teacher_grid(model, x, sigmas, call_sigmas, opts: FitOptions, factor: int):
@@ -442,14 +386,22 @@ def _teacher_grid(model, x, sigmas, call_sigmas, opts: FitOptions, factor: int):
     return grid, check_teacher(model, x, grid, opts.teacher, opts.extra_args, opts.teacher_options)
 
 
-def _deliver(fit: _Fit, found: list[_Candidate], teacher_errors) -> Lambdas:
-    """The better D-ODE of the candidates, if it beats the base on the user's schedule by more than chance."""
-    user = found[0]
-    best = min(found, key=lambda c: float(c.dode_errors.mean()))
-    rmse_base, rmse_dode = _rmse(user.base_errors), _rmse(best.dode_errors)
-    teacher_error = _rmse(teacher_errors.square())
-    count = len(user.base_errors)
-    if not proves_gain(user.base_errors, best.dode_errors):
+def _deliver(fit: _Fit, user: _Candidate, choice: _ScheduleChoice | None, teacher_errors) -> Lambdas:
+    """D-ODE on the fitted schedule if it beats D-ODE on the user's by more than chance on latents that chose
+    nothing, else on the user's; delivered if it beats the base sampler on the user's schedule by more than chance."""
+    best, proof = user, slice(None)
+    if choice is not None:
+        fitted, proof_latents = choice.candidate, choice.proof
+        if (proves_gain(user.dode_errors[proof_latents], fitted.dode_errors[proof_latents])
+                and proves_gain(user.base_errors[proof_latents], fitted.dode_errors[proof_latents])):
+            best, proof = fitted, proof_latents
+        else:
+            log.info("the fitted schedule did not beat D-ODE on the user's schedule on the latents that chose "
+                     "nothing: the user's schedule is kept")
+    base_errors, dode_errors = user.base_errors[proof], best.dode_errors[proof]
+    rmse_base, rmse_dode = _rmse(base_errors), _rmse(dode_errors)
+    count = len(base_errors)
+    if not proves_gain(base_errors, dode_errors):
         raise NoGainError(
             f"D-ODE did not beat the base sampler '{fit.name}' on the user's schedule by more than chance on the "
             f"{count} latents, each judged with λ fitted on the others (final-state RMSE to the teacher: base "
@@ -457,13 +409,13 @@ def _deliver(fit: _Fit, found: list[_Candidate], teacher_errors) -> Lambdas:
             f"close to the teacher as λ can bring it here: try history={'auto' if fit.opts.history == 1 else 1}, a "
             "larger batch (a sharper proof), or keep the base sampler.")
     lambdas = torch.stack([call.lambdas.float() for call in best.fits])
-    n_values = count * fit.x[0].numel()
+    n_values = fit.x.shape[0] * fit.x[0].numel()
     rmse_before = [math.sqrt(max(call.energy_before, 0.0) / n_values) for call in best.fits]
     rmse_after = [math.sqrt(max(call.energy_after, 0.0) / n_values) for call in best.fits]
     log.info("distilled %s (%s schedule): %d calls; final-state RMSE to the teacher over %d latents, each with λ "
              "fitted on the others: base %.4g, D-ODE %.4g", fit.name, best.source, len(best.fits), count, rmse_base,
              rmse_dode)
-    runs = len(found)
+    base_runs = 1 if choice is None else 2
     metadata = {
         "base_sampler": fit.name,
         "steps": str(len(best.sigmas) - 1),
@@ -473,12 +425,12 @@ def _deliver(fit: _Fit, found: list[_Candidate], teacher_errors) -> Lambdas:
         "history_per_call": json.dumps([call.terms for call in best.fits]),
         "teacher_sampler": sampler_name(fit.opts.teacher),
         "teacher_factor": str(fit.opts.teacher_factor),
-        "teacher_calls": str(fit.progress.done - sum(2 * len(c.fits) for c in found)),
-        "teacher_error": repr(teacher_error),
+        "teacher_calls": str(fit.teacher_calls),
+        "teacher_error": repr(_rmse(teacher_errors.square())),
         "sigma_min": repr(fit.opts.sigma_min),
-        "proof_calls": str(runs * len(user.fits)),
+        "proof_calls": str(base_runs * len(user.fits)),
         "model_calls": str(fit.progress.done),
-        "batch_size": str(count),
+        "batch_size": str(fit.x.shape[0]),
         "latent_shape": json.dumps(list(fit.x.shape[1:])),
         "model_dtype": fit.checked.dtype,
         "fit_rmse_before": json.dumps(rmse_before),
@@ -486,14 +438,21 @@ def _deliver(fit: _Fit, found: list[_Candidate], teacher_errors) -> Lambdas:
         "heldout_rmse_base": repr(rmse_base),
         "heldout_rmse_dode": repr(rmse_dode),
         "heldout_count": str(count),
-        "heldout_ratio_se": repr(ratio_standard_error(user.base_errors, best.dode_errors)),
+        "heldout_ratio_se": repr(ratio_standard_error(base_errors, dode_errors)),
         "heldout_method": "leave-one-out",
         "plugin_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    if fit.opts.fit_schedule:
-        fitted = found[1]
-        metadata["heldout_rmse_dode_user"] = repr(_rmse(user.dode_errors))
-        metadata["heldout_rmse_base_fitted"] = repr(_rmse(fitted.base_errors))
-        metadata["heldout_rmse_dode_fitted"] = repr(_rmse(fitted.dode_errors))
+    if choice is not None:
+        latents = choice.proof
+        metadata["heldout_rmse_dode_user"] = repr(_rmse(user.dode_errors[latents]))
+        metadata["heldout_rmse_base_fitted"] = repr(_rmse(choice.candidate.base_errors[latents]))
+        metadata["heldout_rmse_dode_fitted"] = repr(_rmse(choice.candidate.dode_errors[latents]))
+        metadata["schedule_proof_count"] = str(len(user.dode_errors[latents]))
+        metadata["schedule_fitted"] = json.dumps([float(s) for s in choice.candidate.sigmas.tolist()])
+        metadata["schedule_search"] = (
+            f"{choice.scored} schedules scored on a surrogate of the teacher run over {choice.search.stop} latents, "
+            f"{choice.real_runs} run for real; the best from {choice.origin}; surrogate RMSE "
+            f"{math.sqrt(choice.surrogate_mse):.4g}, real "
+            f"{_rmse(choice.candidate.dode_errors[choice.search]):.4g} there")
     return Lambdas(lambdas=lambdas, call_sigmas=tuple(best.sampler_map.call_sigmas), metadata=metadata)

@@ -6,10 +6,10 @@ import re
 import pytest
 import torch
 
-import dode_core.fit
+import dode_core.crossfit
 from dode_core import NoGainError, distill
-from dode_core.crossfit import fit_call, proves_gain, t_critical
-from dode_core.fit import TeacherNotConvergedError, ratio_standard_error
+from dode_core.crossfit import fit_call, proves_gain, ratio_standard_error, t_critical
+from dode_core.fit import TeacherNotConvergedError
 from models import GaussianDenoiser
 
 

@@ -1,0 +1,196 @@
+"""The schedule chosen for the corrected sampler: a search scored by the final error of that sampler with λ refit.
+
+What a schedule is worth is the final error of the sampler that will run on it: the user's base sampler with λ
+fitted for that very schedule. Running it for real costs a student run per candidate, so candidates are scored on
+a surrogate built from the dense teacher run, at no model cost. The teacher holds, at every grid sigma s_i, its
+state X_i and its output D_i; around that trajectory the model is linearised with one slope per sigma,
+
+    D(x, s_i) ~ D_i + c_i (x - X_i),    c_i = sum_b <D_ib - mean D_i, X_ib - mean X_i> / sum_b |X_ib - mean X_i|^2
+
+(the slope of the model's output over the batch: exact for Gaussian data, where D is affine in x). A student run on
+the surrogate feels its own errors through c_i, so an error made at a high sigma shrinks on the way down as the
+ODE shrinks it, and one made at the last step stays: the final error the candidate would have, not a sum of
+one-step errors. λ are refit for every candidate by the same leave-one-out fit as the real run.
+
+The search starts from several schedules (the user's, Karras, log-uniform, uniform in sigma, the dynamic program of
+schedule.py with face-value and with propagated one-step costs), refines the best by coordinate descent over the
+dense grid (one interior sigma at a time, moved by 8, 4, 2, 1 grid points while that helps), and returns the best
+distinct schedules; the caller runs the top few for real.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .blackbox import ModelProxy, SamplerRefusedError, measure_sampler, sigma_value
+from .crossfit import CrossFitRun, final_errors
+from .schedule import DenseTeacherRun, cheapest_path, check_calls_on_schedule, one_step_costs
+
+log = logging.getLogger(__name__)
+
+REFINE_STEPS = (8, 4, 2, 1)  # grid points a sigma is moved by, coarse to fine
+
+
+@dataclass(frozen=True)
+class SearchEffort:
+    """How much a schedule search may do: starts refined by coordinate descent, surrogate runs in all, and how many
+    of the best schedules the fit then runs for real (each one student run of the model)."""
+
+    refined_starts: int
+    max_evaluations: int
+    real_candidates: int
+
+
+EFFORT = {"default": SearchEffort(refined_starts=2, max_evaluations=400, real_candidates=2),
+          "thorough": SearchEffort(refined_starts=5, max_evaluations=2000, real_candidates=5)}
+
+
+def batch_slopes(states, denoised) -> list[float]:
+    """c_i per positive grid sigma: the least-squares slope of D_i on X_i over the batch (0 for a batch of one)."""
+    slopes = []
+    for x, d in zip(states, denoised, strict=False):
+        x = x.to(torch.float64).reshape(x.shape[0], -1)
+        d = d.to(torch.float64).reshape(d.shape[0], -1)
+        dx, dd = x - x.mean(0), d - d.mean(0)
+        energy = float(dx.square().sum())
+        slopes.append(float((dx * dd).sum()) / energy if energy > 0 else 0.0)
+    return slopes
+
+
+class Surrogate(ModelProxy):
+    """``D(x, s_i) = D_i + c_i (x - X_i)`` at the grid sigmas of a dense teacher run, for the latents it was built on
+    (in their order). Attributes of the real model stay readable (host samplers read some)."""
+
+    def __init__(self, model, run: DenseTeacherRun, latents: slice):
+        super().__init__(model)
+        self.sigmas = [float(s) for s in run.grid]
+        self.states = [s[latents] for s in run.states]
+        self.denoised = [d[latents] for d in run.denoised]
+        self.slopes = batch_slopes(self.states[:-1], self.denoised)
+
+    def index(self, sigma: float) -> int:
+        best = min(range(len(self.sigmas)), key=lambda i: abs(self.sigmas[i] - sigma))
+        if not math.isclose(self.sigmas[best], sigma, rel_tol=1e-5, abs_tol=1e-9):
+            raise ValueError(f"sigma {sigma:.6g} is not on the teacher grid")
+        return best
+
+    def __call__(self, x, sigma, **extra_args):
+        i = self.index(sigma_value(sigma))
+        state = self.states[i].to(x.device, x.dtype)
+        return self.denoised[i].to(x.device, x.dtype) + self.slopes[i] * (x - state)
+
+
+def surrogate_error(surrogate: Surrogate, x, sigmas, sampler, name: str, history, max_terms: int, extra_args,
+                    options) -> float:
+    """Mean squared final error, against the teacher's end, of ``sampler`` on ``sigmas`` with λ refit on the
+    surrogate (each latent corrected with λ fitted on the others); inf where the sampler cannot run there."""
+    try:
+        sampler_map = measure_sampler(surrogate, x, sigmas, sampler, extra_args=extra_args, options=options)
+        check_calls_on_schedule(sampler_map.call_sigmas, sigmas, name)
+        targets = [surrogate.states[surrogate.index(s)] for s in sampler_map.call_sigmas[1:]] + [surrogate.states[-1]]
+        live = CrossFitRun(surrogate, name, sampler_map, targets, history, max_terms)
+        final = sampler(live, x.clone(), sigmas.clone(), extra_args=dict(extra_args), callback=None, disable=True,
+                        **options)
+    except (SamplerRefusedError, ValueError) as error:
+        log.debug("schedule candidate %s: %s", sigmas.tolist(), error)
+        return math.inf
+    errors = final_errors(final, surrogate.states[-1])
+    value = float(errors.mean())
+    return value if math.isfinite(value) else math.inf
+
+
+def start_paths(run: DenseTeacherRun, steps: int, user_indices: list[int], latents: slice) -> dict[str, list[int]]:
+    """The schedules a search starts from, as grid indices ``0 = i_0 < ... < i_steps = G``."""
+    count = len(run.grid)
+    sigma = run.grid.double()
+    positive = sigma[:-1]
+    top, bottom = float(positive[0]), float(positive[-1])
+
+    def snap(values) -> list[int]:
+        indices = [0]
+        for value in values:
+            nearest = int((positive.log() - math.log(value)).abs().argmin())
+            indices.append(min(max(nearest, indices[-1] + 1), count - 1 - (steps - len(indices))))
+        return indices + [count - 1]
+
+    ramp = [t / (steps - 1) for t in range(1, steps)] if steps > 1 else []
+    starts = {"user": list(user_indices)}
+    if steps > 1:
+        starts["karras"] = snap([(top ** (1 / 7) + r * (bottom ** (1 / 7) - top ** (1 / 7))) ** 7 for r in ramp])
+        starts["log-uniform"] = snap([top * (bottom / top) ** r for r in ramp])
+        starts["uniform"] = snap([top + r * (bottom - top) for r in ramp])
+    states = [s[latents] for s in run.states]
+    denoised = [d[latents] for d in run.denoised]
+    costs = one_step_costs(run.grid, states, denoised)
+    starts["one-step"] = cheapest_path(costs, steps)
+    # weigh each edge by how much of an error made there survives to the end (the slopes' product below it)
+    slopes = batch_slopes(states[:-1], denoised)
+    survive = [1.0] * count
+    for i in range(count - 2, -1, -1):
+        ratio = float(sigma[i + 1] / sigma[i])
+        survive[i] = survive[i + 1] * (slopes[i] + ratio * (1 - slopes[i]))
+    weights = torch.tensor(survive, dtype=torch.float64)
+    starts["propagated"] = cheapest_path(costs * weights[None, :], steps)
+    return {name: path for name, path in starts.items() if _valid(path, count)}
+
+
+def _valid(path: list[int], count: int) -> bool:
+    return path[0] == 0 and path[-1] == count - 1 and all(a < b for a, b in zip(path[:-1], path[1:], strict=True))
+
+
+class ScheduleSearch:
+    """Scores schedules (grid index paths) on a surrogate, once each, and refines them by coordinate descent."""
+
+    def __init__(self, surrogate: Surrogate, x, grid: torch.Tensor, sampler, name: str, history, max_terms: int,
+                 extra_args, options, effort: SearchEffort, progress=None):
+        self.surrogate, self.x, self.grid, self.sampler, self.name = surrogate, x, grid, sampler, name
+        self.history, self.max_terms, self.extra_args, self.options = history, max_terms, extra_args, options
+        self.effort, self.progress = effort, progress
+        self.scores: dict[tuple[int, ...], float] = {}
+
+    def score(self, path) -> float:
+        key = tuple(path)
+        if key not in self.scores:
+            if len(self.scores) >= self.effort.max_evaluations:
+                return math.inf
+            if self.progress is not None:
+                self.progress()  # lets the host show progress and cancel during the search
+            sigmas = self.grid[list(key)].to(self.x.dtype)
+            self.scores[key] = surrogate_error(self.surrogate, self.x, sigmas, self.sampler, self.name, self.history,
+                                               self.max_terms, self.extra_args, self.options)
+        return self.scores[key]
+
+    def refine(self, path: list[int]) -> list[int]:
+        """Coordinate descent: move one interior sigma by REFINE_STEPS grid points while the score drops."""
+        path, best = list(path), self.score(path)
+        for step in REFINE_STEPS:
+            improved = True
+            while improved:
+                improved = False
+                for k in range(1, len(path) - 1):
+                    for move in (-step, step):
+                        candidate = list(path)
+                        candidate[k] += move
+                        if not (candidate[k - 1] < candidate[k] < candidate[k + 1]):
+                            continue
+                        value = self.score(candidate)
+                        if value < best:
+                            path, best, improved = candidate, value, True
+        return path
+
+    def run(self, starts: dict[str, list[int]]) -> list[tuple[float, list[int], str]]:
+        """``(surrogate error, path, how it was found)`` of the best distinct schedules, best first."""
+        ranked = sorted((self.score(path), name) for name, path in starts.items())
+        origin = {tuple(path): name for name, path in starts.items()}
+        for value, name in ranked[: self.effort.refined_starts]:
+            if math.isfinite(value):
+                refined = self.refine(starts[name])
+                origin.setdefault(tuple(refined), f"{name}, refined")
+        found = sorted((value, list(path)) for path, value in self.scores.items() if math.isfinite(value))
+        log.info("schedule search: %d schedules scored on the surrogate; best %s", len(self.scores),
+                 [round(float(self.grid[i]), 4) for i in found[0][1]] if found else None)
+        return [(value, path, origin.get(tuple(path), "searched")) for value, path in found]
