@@ -74,7 +74,7 @@ def main() -> None:
 
     draw.text((300 * s, 70 * s), "λ", font=font(110 * s), fill=DODE, anchor="mm")
     image.resize((SIZE, SIZE), Image.LANCZOS).save(OUT, optimize=True)
-    print(f"wrote {os.path.relpath(OUT, ROOT)}")  # noqa: T201 - a tool, not plugin code
+    print(f"wrote {os.path.relpath(OUT, ROOT)}")
 
 
 if __name__ == "__main__":
