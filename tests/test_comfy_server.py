@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import time
+import urllib.request
 import uuid
 
 import aiohttp
@@ -175,6 +176,22 @@ def test_nodes_schema_tooltips_and_sampler_list_from_the_host(server):
     assert required["teacher_sampler"][1]["options"] == ["auto", *offered]
     # the plain KSampler dropdown is untouched unless opted in
     assert not [s for s in host if s.startswith("dode_")]
+
+
+def test_node_help_pages_are_served_where_the_frontend_reads_them(server):
+    """The frontend's help panel (NodeHelpService) fetches /extensions/<pack>/docs/<node id>.md, <pack> being the
+    second part of the node's python_module; the pack's WEB_DIRECTORY (web/) is served there."""
+    info = server.get("/object_info")
+    for node_id in ("DODEDistillGuider", "DODEDistill", "DODESampler"):
+        module = info[node_id]["python_module"]
+        assert module.split(".")[0] == "custom_nodes", module
+        url = f"{server.url}/extensions/{module.split('.')[1]}/docs/{node_id}.md"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            text = response.read().decode("utf-8")
+        assert text.startswith(f"# {info[node_id]['display_name']}\n"), text[:200]
+        for section in ("required", "optional"):
+            for name in info[node_id]["input"].get(section, {}):
+                assert f"**{name}**" in text, f"{node_id}.md does not describe its input {name}"
 
 
 @pytest.mark.parametrize(("model_type", "guider"), [("eps", "cfg"), ("flow", "cfg"), ("flux", "basic")])
