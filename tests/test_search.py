@@ -1,0 +1,68 @@
+"""dode_core.search: schedules scored by the final error of the corrected sampler, on a surrogate of the teacher run."""
+
+import pytest
+import torch
+
+from dode_core.schedule import dense_grid, run_dense_teacher
+from dode_core.search import EFFORT, ScheduleSearch, Surrogate, batch_slopes, start_paths, surrogate_error
+from dode_core.teacher import sample_dpmpp_2m_teacher
+from models import GaussianDenoiser
+
+SIGMA_MAX, SIGMA_MIN = 80.0, 0.002
+
+
+@pytest.fixture(scope="module")
+def gaussian_run():
+    gaussian = GaussianDenoiser(mean=0.3, std=0.5)
+    x = torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * SIGMA_MAX
+    grid = dense_grid(SIGMA_MAX, SIGMA_MIN, 60)
+    return gaussian, x, grid, run_dense_teacher(gaussian, x, grid, sample_dpmpp_2m_teacher)
+
+
+def test_the_batch_slope_is_the_gaussian_denoisers_own(gaussian_run):
+    """D(x, s) = m + std^2 / (std^2 + s^2) (x - m) is affine in x: its slope over the batch is exactly that."""
+    gaussian, _, grid, run = gaussian_run
+    slopes = batch_slopes(run.states[:-1], run.denoised)
+    expected = [0.25 / (0.25 + float(s) ** 2) for s in grid[:-1]]
+    assert slopes == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["sample_euler", "sample_dpmpp_2m", "sample_heun"])
+def test_on_gaussian_data_the_surrogate_run_is_the_real_run(K, gaussian_run, name):
+    """Where the model is affine in x the linearisation is exact: the surrogate's final error of the corrected
+    sampler equals the real one's, on any schedule of grid sigmas."""
+    from dode_core.blackbox import measure_sampler
+    from dode_core.crossfit import CrossFitRun, final_errors
+
+    gaussian, x, grid, run = gaussian_run
+    sampler = getattr(K, name)
+    surrogate = Surrogate(gaussian, run, slice(None))
+    sigmas = grid[[0, 12, 30, 45, 60]]  # four steps on the grid, ending in 0
+    fake = surrogate_error(surrogate, x, sigmas, sampler, name, 1, 1, {}, {})
+    sampler_map = measure_sampler(gaussian, x, sigmas, sampler)
+    targets = [run.state_at(s) for s in sampler_map.call_sigmas[1:]] + [run.states[-1]]
+    real = sampler(CrossFitRun(gaussian, name, sampler_map, targets, 1, 1), x.clone(), sigmas.clone(), disable=True)
+    assert fake == pytest.approx(float(final_errors(real, run.states[-1]).mean()), rel=1e-6)
+
+
+def test_the_search_ends_no_worse_than_any_start_and_scores_each_schedule_once(K, gaussian_run):
+    gaussian, x, grid, run = gaussian_run
+    surrogate = Surrogate(gaussian, run, slice(None))
+    user = [0, 20, 40, 55, len(grid) - 1]
+    starts = start_paths(run, 4, user, slice(None))
+    assert {"user", "karras", "log-uniform", "one-step", "propagated"} <= set(starts)
+    search = ScheduleSearch(surrogate, x, grid, K.sample_euler, "euler", 1, 1, {}, {}, EFFORT["default"])
+    ranked = search.run(starts)
+    best = ranked[0][0]
+    assert all(best <= search.score(path) for path in starts.values())
+    assert [value for value, _, _ in ranked] == sorted(value for value, _, _ in ranked)
+    assert len(search.scores) == len(ranked) <= EFFORT["default"].max_evaluations
+    assert best < search.score(user)  # a search that finds nothing better than the user's schedule is no search
+
+
+def test_a_fit_schedule_other_than_false_true_or_thorough_is_named(K, karras):
+    from dode_core import distill
+
+    x = torch.randn(4, 1, 2, 2, dtype=torch.float64) * 80
+    with pytest.raises(ValueError, match="fit_schedule must be False, True or 'thorough'; got 'yes'"):
+        distill(GaussianDenoiser(), x, karras(4), K.sample_euler, fit_schedule="yes")
