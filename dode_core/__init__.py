@@ -7,7 +7,7 @@ No host (ComfyUI, A1111, Forge) is imported here; hosts pass their own sampler f
 
 from .blackbox import SamplerRefusedError, probe_call_sigmas, refusal_reason
 from .correction import DODEDenoiser, cached_call_sigmas, make_sampler, sample
-from .fit import NoGainError, distill
+from .fit import NoGainError, TeacherNotConvergedError, distill
 from .lambdas_file import LambdaFileError, Lambdas, ScheduleMismatchError, load_lambdas, newest_matching
 from .version import __version__
 
@@ -18,6 +18,7 @@ __all__ = [
     "Lambdas",
     "SamplerRefusedError",
     "ScheduleMismatchError",
+    "TeacherNotConvergedError",
     "__version__",
     "cached_call_sigmas",
     "distill",
