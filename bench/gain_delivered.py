@@ -86,6 +86,7 @@ def main(argv=None) -> None:
     parser.add_argument("--history", nargs="+", default=["1", "auto"])
     parser.add_argument("--fit-batch", type=int, default=8)
     parser.add_argument("--test-batch", type=int, default=256)
+    parser.add_argument("--reference-factor", type=int, default=100, help="sub-steps per step of the reference run")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     rows = []
@@ -98,7 +99,7 @@ def main(argv=None) -> None:
             for calls in args.calls:
                 steps = steps_within(model, fit_noise, sampler, calls, sigma_min, sigma_max)
                 sigmas = ks.get_sigmas_karras(steps, sigma_min, sigma_max).to(dtype)
-                grid, _ = teacher_sigmas(sigmas.tolist(), sigmas.tolist()[:-1], 100, sigma_min)
+                grid, _ = teacher_sigmas(sigmas.tolist(), sigmas.tolist()[:-1], args.reference_factor, sigma_min)
                 reference = sample_dpmpp_2m_teacher(model, test_noise * sigma_max, grid.to(dtype))
 
                 def rmse(final, reference=reference):

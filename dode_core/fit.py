@@ -259,7 +259,7 @@ def distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, te
               scored on a surrogate of that run by the final error of this sampler with λ refit (dode_core.search)
               on the first half of the batch, the best few run for real; the fitted schedule is delivered only if
               its D-ODE beats D-ODE on the user's schedule (and the base) on the other half, which chose nothing
-              (``lam.schedule``, ``schedule_source``). Cost: 1.5 teacher runs + 2 + real candidates (2; thorough 5)
+              (``lam.schedule``, ``schedule_source``). Cost: 1.5 teacher runs + 2 + real candidates (4; thorough 10)
               + 1 student runs.
 
     Every fit measures its teacher against the same teacher at half the factor (``teacher_error`` in the file). A
