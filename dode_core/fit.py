@@ -41,7 +41,7 @@ from .blackbox import (
     sigma_value,
 )
 from .correction import all_finite
-from .crossfit import CallFit, CrossFitRun, final_errors, proves_gain, ratio_standard_error
+from .crossfit import CallFit, CrossFitRun, final_errors, proves_gain, ratio_standard_error, typical_ratio
 from .lambdas_file import Lambdas, format_sigmas
 from .schedule import check_calls_on_schedule, dense_grid, merge_points, run_dense_teacher, schedule_range
 from .search import EFFORT, ScheduleSearch, Surrogate, start_paths
@@ -439,6 +439,7 @@ def _deliver(fit: _Fit, user: _Candidate, choice: _ScheduleChoice | None, teache
         "heldout_rmse_dode": repr(rmse_dode),
         "heldout_count": str(count),
         "heldout_ratio_se": repr(ratio_standard_error(base_errors, dode_errors)),
+        "heldout_typical_ratio": repr(typical_ratio(base_errors, dode_errors)),
         "heldout_method": "leave-one-out",
         "plugin_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

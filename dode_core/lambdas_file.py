@@ -64,6 +64,7 @@ INT_FIELDS = {"steps": (1, MAX_STEPS), "calls": (2, MAX_CALLS), "history": (1, M
               "teacher_factor": (1, None), "teacher_calls": (1, None), "batch_size": (1, None), "seed": (None, None),
               "heldout_count": (1, None), "proof_calls": (1, None), "model_calls": (1, None)}
 NON_NEGATIVE_FLOAT_FIELDS = ("heldout_rmse_base", "heldout_rmse_dode", "lambda_scale", "heldout_ratio_se",
+                             "heldout_typical_ratio",
                              "heldout_rmse_dode_user", "heldout_rmse_base_fitted", "heldout_rmse_dode_fitted",
                              "teacher_error", "sigma_min")
 SCHEDULE_SOURCES = ("user", "fitted")

@@ -19,8 +19,10 @@ def proof_lines(lam) -> list[str]:
         ratio = f" ({dode / base:.2f}x" + (f" ± {float(spread):.2f}" if spread else "") + ")"
     how = ("each judged with λ fitted on the others" if metadata.get("heldout_method") == "leave-one-out"
            else "held out of the fit")
+    typical = metadata.get("heldout_typical_ratio")
+    typical = f"; a typical latent {float(typical):.2f}x" if typical else ""
     lines = [f"proof on {count} latents, {how}: final-state RMSE to the teacher, base sampler on your schedule "
-             f"{base:.4g} -> D-ODE {dode:.4g}{ratio}"]
+             f"{base:.4g} -> D-ODE {dode:.4g}{ratio}{typical}"]
     if "heldout_rmse_base_fitted" in metadata:
         chosen = "the fitted schedule" if lam.schedule_fitted else "your schedule (the fitted one did not beat it)"
         lines.append(f"schedule: {chosen}; D-ODE on your schedule {float(metadata['heldout_rmse_dode_user']):.4g}, "

@@ -260,7 +260,9 @@ def compare(base, dode, reference, count: int) -> dict:
     worse_beyond_chance = bool(difference.mean() > T_95 * difference.std(ddof=1) / math.sqrt(count))
     ratio_se = (float((square_dode - ratio ** 2 * square_base).std(ddof=1)) /
                 (math.sqrt(count) * float(square_base.mean()) * 2 * ratio)) if ratio else None
+    typical = float(np.median(latent_dode / np.maximum(latent_base, 1e-300)))
     return {"measured_base": measured_base, "measured_dode": measured_dode, "measured_ratio": ratio,
+            "measured_typical_ratio": typical,
             "measured_ratio_se": ratio_se, "worse_beyond_chance": worse_beyond_chance,
             "median_latent_base": float(np.median(latent_base)), "median_latent_dode": float(np.median(latent_dode)),
             "far_latents_base": int((latent_base > FAR).sum()), "far_latents_dode": int((latent_dode > FAR).sum())}
@@ -335,6 +337,7 @@ def run_case(server, case: Case, settings: Settings, references: References, ind
         return row
     row.update(compare(base, dode, references.get(case, user_sigmas[0]), settings.test_batch))
     row["claim_error"] = claim_error(row.get("claim_ratio"), row.get("measured_ratio"))
+    row["typical_claim_error"] = claim_error(row.get("heldout_typical_ratio"), row.get("measured_typical_ratio"))
     row["seconds"] = round(time.perf_counter() - started, 2)
     return row
 
@@ -371,6 +374,11 @@ def claim_ok(row) -> bool:
     return row.get("claim_error") is not None and abs(row["claim_error"]) <= CLAIM_TOLERANCE
 
 
+def typical_claim_ok(row) -> bool:
+    """The file's typical-latent ratio is within CLAIM_TOLERANCE of the median per-latent ratio on fresh seeds."""
+    return row.get("typical_claim_error") is not None and abs(row["typical_claim_error"]) <= CLAIM_TOLERANCE
+
+
 def claim_within_noise(row) -> bool:
     """The claim is within two standard errors of the measured ratio (the claim's own, from the fit batch, and the
     measurement's, from the test batch, combined)."""
@@ -389,6 +397,7 @@ def tally(rows) -> dict:
     return {"cases": len(rows), **counts, "worse": sum(1 for r in rows if is_worse(r)),
             "worse_beyond_chance": sum(1 for r in delivered if r.get("worse_beyond_chance")),
             "claims_in_noise": sum(1 for r in delivered if claim_within_noise(r)),
+            "typical_ok": sum(1 for r in delivered if typical_claim_ok(r)),
             "worst_ratio": max(ratios) if ratios else None,
             "median_ratio": sorted(ratios)[len(ratios) // 2] if ratios else None,
             "claims_ok": sum(1 for r in delivered if claim_ok(r)),
@@ -409,14 +418,16 @@ def markdown(rows) -> str:
     """Per model and in total, then per sampler: counts, worse fits, worst and median measured ratio, claims within
     10%, and (over delivered cases) how many test latents ended far from the reference, base vs D-ODE."""
     header = ("| {} | cases | delivered | no_gain | not_converged | refused | error | worse | worse beyond chance "
-              "| worst ratio | median ratio | claims within 10% | claims within 2 SE | far latents base -> D-ODE |")
-    line = "| --- |" + " ---: |" * 13
+              "| worst ratio | median ratio | claims within 10% | claims within 2 SE | typical claims within 10% "
+              "| far latents base -> D-ODE |")
+    line = "| --- |" + " ---: |" * 14
 
     def cells(t):
         return (f"{t['cases']} | {t['delivered']} | {t['no_gain']} | {t['not_converged']} | {t['refused']} | "
                 f"{t['error']} | {t['worse']} | {t['worse_beyond_chance']} | {_fmt(t['worst_ratio'])} | "
                 f"{_fmt(t['median_ratio'])} | {t['claims_ok']}/{t['delivered']} | "
-                f"{t['claims_in_noise']}/{t['delivered']} | {t['far_base']} -> {t['far_dode']} |")
+                f"{t['claims_in_noise']}/{t['delivered']} | {t['typical_ok']}/{t['delivered']} | "
+                f"{t['far_base']} -> {t['far_dode']} |")
 
     out = [header.format("model"), line]
     for model in dict.fromkeys(r["model"] for r in rows):
