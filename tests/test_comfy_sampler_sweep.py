@@ -16,10 +16,12 @@ from comfyui_host.harness import ROOT, Unavailable, comfyui_dir, missing_modules
 
 SWEEP = os.path.join(ROOT, "tests", "comfyui_host", "sampler_sweep.py")
 REASONS = ("injects noise", "adapts its steps", "not affine", "non-finite", "passes the model arguments of its own",
-           "does not call the model at sigma", "did not beat the base sampler")
+           "does not call the model at sigma", "did not beat the base sampler", "stage sigmas rise",
+           "not clearly closer to the ODE's end")
 # ComfyUI's samplers with their own noise or steps, or with a CFG++ hook: never offered for a fit
 NEVER_FITTED = {"euler_ancestral", "dpm_2_ancestral", "dpm_fast", "dpm_adaptive", "dpmpp_sde", "dpmpp_2m_sde",
-                "dpmpp_3m_sde", "ddpm", "lcm", "euler_cfg_pp", "dpmpp_2m_cfg_pp", "res_multistep_ancestral"}
+                "dpmpp_3m_sde", "ddpm", "lcm", "euler_cfg_pp", "dpmpp_2m_cfg_pp", "res_multistep_ancestral",
+                "heunpp2"}  # heunpp2: its stage sigmas rise, no single noise level per call
 # the ones the D-ODE paper and every user expects to work
 ALWAYS_FITTED = {"euler", "heun", "dpm_2", "lms", "dpmpp_2m", "ipndm", "deis", "uni_pc", "ddim", "res_multistep"}
 

@@ -66,3 +66,29 @@ def test_a_fit_schedule_other_than_false_true_or_thorough_is_named(K, karras):
     x = torch.randn(4, 1, 2, 2, dtype=torch.float64) * 80
     with pytest.raises(ValueError, match="fit_schedule must be False, True or 'thorough'; got 'yes'"):
         distill(GaussianDenoiser(), x, karras(4), K.sample_euler, fit_schedule="yes")
+
+
+def test_the_search_reports_progress_and_a_raising_callback_stops_it(K, karras):
+    """Between the schedules it scores, the search hands the host its (done, total) again, so a Cancel during a
+    long search stops it, with no model call after."""
+    from dode_core import distill
+
+    gaussian = GaussianDenoiser()
+    x = torch.randn(8, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80
+    seen, calls = [], []
+
+    class Cancelled(Exception):
+        pass
+
+    def model(x, sigma, **extra_args):
+        calls.append(1)
+        return gaussian(x, sigma)
+
+    def callback(done, total):
+        seen.append(done)
+        if len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]:  # the third report without a model call: searching
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        distill(model, x, karras(4), K.sample_euler, fit_schedule=True, callback=callback)
+    assert len(calls) == seen[-1]  # nothing ran after the cancel

@@ -55,7 +55,6 @@ def main(argv=None) -> None:
     parser.add_argument("--history", nargs="+", default=["1"])
     parser.add_argument("--samplers", nargs="*", default=None, help="a subset of ComfyUI's list")
     parser.add_argument("--fit-batch", type=int, default=32)
-    parser.add_argument("--holdout", type=int, default=12)
     parser.add_argument("--test-batch", type=int, default=128)
     parser.add_argument("--model", choices=("kde", "demo"), default="kde",
                         help="kde: the exact denoiser of the digits KDE; demo: the embedded learned digits UNet")
@@ -74,7 +73,7 @@ def main(argv=None) -> None:
     import comfy.k_diffusion.sampling as comfy_sampling
     import comfy.samplers
 
-    from dode_core import NoGainError, SamplerRefusedError, distill, refusal_reason, sample
+    from dode_core import NoGainError, SamplerRefusedError, TeacherNotConvergedError, distill, refusal_reason, sample
     from dode_core.blackbox import probe_call_sigmas
     from dode_core.teacher import sample_dpmpp_2m_teacher
     from models import KDEDenoiser, digits_data
@@ -118,14 +117,14 @@ def main(argv=None) -> None:
                 row = {"sampler": name, "steps": steps, "history": history, "base": base}
                 started = time.perf_counter()
                 try:
-                    lam = distill(model, fit_noise * sigma_max, sigmas, function,
-                                  history=history if history == "auto" else int(history), holdout=args.holdout)
-                except (SamplerRefusedError, NoGainError) as error:
+                    lam = distill(model, fit_noise * sigma_max, sigmas, function, sigma_min=sigma_min,
+                                  history=history if history == "auto" else int(history))
+                except (SamplerRefusedError, NoGainError, TeacherNotConvergedError) as error:
                     row["refused"] = str(error)
                 else:
                     row.update(calls=lam.calls, dode=rmse(sample(model, test_noise * sigma_max, sigmas, function, lam,
                                                                  disable=True)),
-                               heldout=lam.heldout(), lambda_scale=float(lam.metadata["lambda_scale"]))
+                               heldout=lam.heldout(), typical=float(lam.metadata["heldout_typical_ratio"]))
                 row["seconds"] = round(time.perf_counter() - started, 2)
                 print(json.dumps(row), flush=True)
 
