@@ -8,6 +8,8 @@ import importlib.util
 import logging
 
 __all__ = []
+# web/dode.js: the preset's fit seed starts "fixed" in the frontend (what the V3 schema cannot say)
+WEB_DIRECTORY = "./web"
 
 # both of ComfyUI's top-level modules: a folder named "comfy" elsewhere on sys.path is not ComfyUI
 if all(importlib.util.find_spec(name) is not None for name in ("comfy", "folder_paths", "comfy_api")):
