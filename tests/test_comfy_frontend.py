@@ -178,7 +178,7 @@ def test_an_error_says_what_is_wrong_and_what_to_do_first(page):
     entry = page.server.wait(prompt_id)
     error = next(data for kind, data in entry["status"]["messages"] if kind == "execution_error")
     assert error["exception_type"] == "D-ODE.ScheduleMismatchError"  # not the plugin folder's path
-    page.wait_for("[...document.querySelectorAll('.p-dialog')].some(d => d.innerText.includes('SamplerCustomAdvanced'))")
+    page.wait_for("[...document.querySelectorAll('.p-dialog')].some(d => d.innerText.includes('No λ file'))")
     text = page.dialog_text()
     message = text[text.index("No λ file"):]
     first = message.splitlines()[0]

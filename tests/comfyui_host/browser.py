@@ -218,19 +218,28 @@ class Browser:
         self.dismiss_dialogs()
         self.driver.save_screenshot(path)
 
-    def show_nodes(self, types: list[str], pad: float = 16.0, scale: float = 1.0) -> tuple[int, int, int, int]:
-        """Put the nodes of ``types`` (with their titles) at the top left of the canvas at ``scale``, redraw, and
-        return their box in screenshot pixels (left, top, right, bottom)."""
+    def show_nodes(self, types: list[str], pad: float = 16.0, scale: float = 1.0,
+                   square: bool = False) -> tuple[int, int, int, int]:
+        """Put the nodes of ``types`` (with their titles; ``square``: in a square around them) at the top left of
+        the canvas at ``scale`` (less if they would not fit), redraw, and return their box in screenshot pixels
+        (left, top, right, bottom). The canvas' own info text (frame times) is hidden."""
         box = self.js("""
-            const [types, pad, scale] = arguments;
+            const [types, pad, wanted, square] = arguments;
             const nodes = app.graph._nodes.filter(n => types.includes(n.type));
             if (!nodes.length) throw new Error("no node of " + types);
             const title = LiteGraph.NODE_TITLE_HEIGHT;
-            const x0 = Math.min(...nodes.map(n => n.pos[0])) - pad;
-            const y0 = Math.min(...nodes.map(n => n.pos[1])) - title - pad;
-            const x1 = Math.max(...nodes.map(n => n.pos[0] + n.size[0])) + pad;
-            const y1 = Math.max(...nodes.map(n => n.pos[1] + n.size[1])) + pad;
+            let x0 = Math.min(...nodes.map(n => n.pos[0])) - pad;
+            let y0 = Math.min(...nodes.map(n => n.pos[1])) - title - pad;
+            let x1 = Math.max(...nodes.map(n => n.pos[0] + n.size[0])) + pad;
+            let y1 = Math.max(...nodes.map(n => n.pos[1] + n.size[1])) + pad;
+            if (square) {
+                const side = Math.max(x1 - x0, y1 - y0), cx = (x0 + x1) / 2, cy = (y0 + y1) / 2;
+                [x0, x1, y0, y1] = [cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2];
+            }
             const [left, top] = [80, 140];
+            const room = app.canvas.canvas.getBoundingClientRect();
+            const scale = Math.min(wanted, (room.width - left - 20) / (x1 - x0), (room.height - top - 20) / (y1 - y0));
+            app.canvas.show_info = false;
             app.canvas.ds.scale = scale;
             app.canvas.ds.offset = [-x0 + left / scale, -y0 + top / scale];
             app.canvas.setDirty(true, true);
@@ -238,7 +247,7 @@ class Browser:
             const r = app.canvas.canvas.getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
             return [r.left + left, r.top + top, r.left + left + (x1 - x0) * scale, r.top + top + (y1 - y0) * scale]
                 .map(v => Math.round(v * dpr));
-        """, types, pad, scale)
+        """, types, pad, scale, square)
         time.sleep(0.8)
         return tuple(box)
 
