@@ -320,7 +320,8 @@ def dode_sampler(host, lam, name: str, lookup=None, node_id=None):
 
 
 def show_on_node(node_id, lines) -> None:
-    """Text under the node's widgets (ComfyUI's progress text, both frontends), sent while the workflow runs."""
+    """Text under the node's widgets (ComfyUI's progress text), sent while the workflow runs: frontend 1.32.9 keeps
+    it after the run, 1.58.1 clears it when the run ends (the log keeps it in both)."""
     if node_id is None:
         return
     try:
