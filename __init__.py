@@ -7,8 +7,8 @@ when ComfyUI itself is importable. No NODE_CLASS_MAPPINGS: ComfyUI would prefer 
 import importlib.util
 import logging
 
-# ComfyUI serves this folder at /extensions/<this folder's name>/; the frontend's node help panel reads
-# web/docs/<node id>.md from there.
+# ComfyUI serves this folder at /extensions/<this folder's name>/: the frontend's node help panel reads
+# web/docs/<node id>.md from there, and web/dode.js starts the preset's fit seed at "fixed" (the V3 schema cannot)
 WEB_DIRECTORY = "./web"
 
 __all__ = ["WEB_DIRECTORY"]

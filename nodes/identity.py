@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from . import errors
+
 SAMPLE_VALUES = 4096
 # guider attributes that hold guidance scales (CFGGuider.cfg, DualCFGGuider.cfg1/cfg2, PerpNeg.neg_scale, ...)
 SCALAR_TYPES = (bool, int, float, str)
@@ -87,8 +89,9 @@ def guidance(guider) -> dict[str, float]:
 def check_guidance(scales: dict[str, float]) -> None:
     bad = {name: value for name, value in scales.items() if not math.isfinite(value)}
     if bad:
-        raise ValueError(f"the guider's guidance is not a number ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
-                         "set a finite cfg on the guider node.")
+        raise errors.InputError(f"the guider's guidance is not a number "
+                                f"({', '.join(f'{k}={v}' for k, v in bad.items())}); set a finite cfg on the guider "
+                                "node.")
 
 
 def guider_fingerprint(guider) -> str:

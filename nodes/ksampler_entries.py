@@ -22,9 +22,9 @@ def enabled() -> bool:
 def _auto_function(base_name: str):
     import folder_paths
 
-    from . import samplers
+    from . import errors, samplers
     from ._core import dode_core
-    from .folder import FOLDER
+    from .folder import FOLDER, SHIPPED
 
     base = samplers.host_sampler(base_name).sampler_function
 
@@ -35,8 +35,10 @@ def _auto_function(base_name: str):
         try:
             path, lam = dode_core.newest_matching(paths, base_name, call_sigmas)
         except dode_core.ScheduleMismatchError as error:
-            raise dode_core.ScheduleMismatchError(
-                f"dode_{base_name}: {error}\nDistill λ for this schedule with 'Distill λ (D-ODE)'.") from None
+            raise errors.ScheduleMismatchError(
+                f"dode_{base_name}: no λ file fits this run. Distill one for this schedule with 'Distill λ (D-ODE)' "
+                f"(sampler {base_name}), or use the D-ODE Sampler with a file and its sigmas output.",
+                errors.capped(str(error), lambda name: os.path.isfile(os.path.join(SHIPPED, name)))) from error
         log.info("dode_%s: using %s", base_name, os.path.basename(path))
         return dode_core.sample(model, x, sigmas, base, lam, extra_args=extra_args, callback=callback,
                                 disable=disable, **options)

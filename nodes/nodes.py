@@ -21,9 +21,9 @@ import comfy.utils
 import torch
 from comfy_api.v0_0_2 import io, ui
 
-from . import identity, samplers
+from . import errors, identity, samplers
 from ._core import dode_core
-from .folder import CONTENT_KEY, full_path, listing_state, ordered_files, save_folder
+from .folder import CONTENT_KEY, full_path, is_shipped, listing_state, ordered_files, save_folder
 from .folder import find_by_content_key as find_reusable
 from .plot import plot_fit
 
@@ -80,30 +80,43 @@ OUT_TIPS = {
 # --- checks that fail before the first model call ------------------------------------------------------------
 def check_sigmas(sigmas) -> torch.Tensor:
     if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1:
-        raise ValueError("SIGMAS must be a 1-D list of sigmas from a scheduler node.")
+        raise errors.InputError("SIGMAS must be a 1-D list of sigmas from a scheduler node.")
     if sigmas.numel() < 2:
-        raise ValueError("SIGMAS is empty: the scheduler gave no step (BasicScheduler with denoise 0?). "
-                         "D-ODE needs at least 2 steps: raise denoise or steps.")
+        raise errors.InputError("SIGMAS is empty: the scheduler gave no step (BasicScheduler with denoise 0?). "
+                                "D-ODE needs at least 2 steps: raise denoise or steps.")
     if not torch.isfinite(sigmas).all():
-        raise ValueError(f"SIGMAS holds non-finite values ({sigmas.tolist()}); check the scheduler node.")
+        raise errors.InputError("SIGMAS holds non-finite values: check the scheduler node.",
+                                f"sigmas: {sigmas.tolist()}")
     return sigmas.detach().to("cpu", torch.float32)
 
 
 def check_cost(steps: int, teacher_factor: int, shape) -> None:
     if steps * teacher_factor > MAX_TEACHER_GRID:
-        raise ValueError(f"steps x teacher_factor = {steps} x {teacher_factor} = {steps * teacher_factor} teacher "
-                         f"sub-steps; at most {MAX_TEACHER_GRID}. Lower teacher_factor to "
-                         f"{max(1, MAX_TEACHER_GRID // max(steps, 1))} or fewer.")
+        raise errors.InputError(f"steps x teacher_factor = {steps} x {teacher_factor} = {steps * teacher_factor} "
+                                f"teacher sub-steps; at most {MAX_TEACHER_GRID}. Lower teacher_factor to "
+                                f"{max(1, MAX_TEACHER_GRID // max(steps, 1))} or fewer.")
     values = math.prod(int(s) for s in shape)
     if values > MAX_FIT_VALUES:
         per_latent = max(1, values // max(int(shape[0]), 1))
-        raise ValueError(f"the fit batch is {int(shape[0])} latents of {list(shape[1:])} = {values} values; at most "
-                         f"{MAX_FIT_VALUES}. Use a batch of at most {max(1, MAX_FIT_VALUES // per_latent)} or a "
-                         "smaller latent.")
+        raise errors.InputError(f"the fit batch is {int(shape[0])} latents of {list(shape[1:])} = {values} values; "
+                                f"at most {MAX_FIT_VALUES}. Use a batch of at most "
+                                f"{max(1, MAX_FIT_VALUES // per_latent)} or a smaller latent.")
 
 
 def parse_history(history: str):
     return "auto" if history == "auto" else int(history)
+
+
+def preview_text(lines) -> str:
+    """``lines`` as one text that keeps its line breaks where ComfyUI shows it: frontend 1.32.9's Preview as Text
+    renders Markdown and joins plain line breaks, a line ending in two spaces is a hard break there; plain text
+    elsewhere (logs, frontend 1.58.1's default) looks the same."""
+    return "  \n".join(str(line) for line in lines)
+
+
+def plot_caption(lam) -> str:
+    summary = dode_core.rules.proof_summary(lam)
+    return f"proof: {summary}" if summary else "no held-out proof in this file (written before fits proved themselves)"
 
 
 def describe_lines(name: str, lam, note: str = "") -> list[str]:
@@ -182,8 +195,14 @@ def distill_node(cls, *, guider, noise, sigmas, latent, sampler_name, teacher_sa
 
     noise_tensor = noise.generate_noise({**latent, "samples": samples}) if noise is not None else \
         comfy.sample.prepare_noise(samples, FIT_SEED)
-    lam = run_fit(guider, noise_tensor, samples, sigmas, host, teacher, int(teacher_factor), history_arg,
-                  bool(fit_schedule), seed, denoise_mask=mask)
+    try:
+        lam = run_fit(guider, noise_tensor, samples, sigmas, host, teacher, int(teacher_factor), history_arg,
+                      bool(fit_schedule), seed, denoise_mask=mask)
+    except Exception as error:
+        readable = errors.for_distill(error, sampler_name, history, int(teacher_factor))
+        if readable is error:
+            raise
+        raise readable from error
 
     inner = patcher.model
     cfg = scales.get("cfg")
@@ -218,12 +237,12 @@ def _distill_output(cls, name: str, lam, sigmas, host, reused: bool) -> io.NodeO
     lines = describe_lines(name, lam, "  (reused: same inputs, no new fit)" if reused else "  (new fit)")
     for line in lines:
         log.info("D-ODE: %s", line)
-    plot = plot_fit(lam, lines)
+    plot = plot_fit(lam, plot_caption(lam))
     # a copy: ComfyUI's uni_pc writes 0.001 into the last sigma of the tensor it samples with
     out_sigmas = lam.schedule.float() if lam.schedule_fitted and lam.schedule is not None else sigmas.clone()
     sampler = dode_sampler(host, lam, name)
     images = ui.PreviewImage(plot, cls=cls).as_dict()
-    text = "\n".join(lines)
+    text = preview_text(lines)
     return io.NodeOutput(sampler, out_sigmas, name, plot, text,
                          ui={**images, "text": [text], "lambda_file": [name]})
 
@@ -270,22 +289,28 @@ def mismatch_warnings(lam, guider_like) -> list[str]:
     return warnings
 
 
-def dode_sampler(host, lam, name: str, lookup=None):
+def dode_sampler(host, lam, name: str, lookup=None, node_id=None):
     """A KSAMPLER running ComfyUI's own sampler ``host`` with ``lam``. With ``lookup(model, x, sigmas, extra_args)
-    -> (name, lam, host)`` (the "auto" choice) the file, and with it the base sampler, is picked at sampling time."""
+    -> AutoChoice`` (the "auto" choice) the file, and with it the base sampler, is picked at sampling time, and what
+    was picked and why is shown on node ``node_id`` (the D-ODE Sampler) and written to the log."""
 
     def sample_dode(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
         file_name, file_lam, file_host = name, lam, host
         if lookup is not None:
-            file_name, file_lam, file_host = lookup(model, x, sigmas, extra_args)
+            choice = lookup(model, x, sigmas, extra_args)
+            file_name, file_lam, file_host = choice.name, choice.lam, choice.host
             options = {**dict(file_host.extra_options or {}), **options}
-        for warning in mismatch_warnings(file_lam, getattr(model, "inner_model", None)):
+        warnings = mismatch_warnings(file_lam, getattr(model, "inner_model", None))
+        for warning in warnings:
             log.warning("D-ODE Sampler: %s: %s", file_name, warning.lstrip("! "))
+        if lookup is not None:
+            log.info("D-ODE Sampler (auto): using %s: %s", file_name, choice.why)
+            show_on_node(node_id, choice.lines() + warnings)
         inner = dode_core.make_sampler(file_host.sampler_function, file_lam)
         try:
             return inner(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **options)
         except dode_core.ScheduleMismatchError as error:
-            raise dode_core.ScheduleMismatchError(f"D-ODE Sampler: λ file '{file_name}': {error}") from None
+            raise errors.schedule_mismatch(error, file_name) from error
 
     sample_dode.__name__ = "sample_dode_" + (lam.base_sampler if lam is not None else "auto")
     if lookup is not None:
@@ -294,42 +319,91 @@ def dode_sampler(host, lam, name: str, lookup=None):
                                    inpaint_options=dict(host.inpaint_options or {}))
 
 
+def show_on_node(node_id, lines) -> None:
+    """Text under the node's widgets (ComfyUI's progress text), sent while the workflow runs: frontend 1.32.9 keeps
+    it after the run, 1.58.1 clears it when the run ends (the log keeps it in both)."""
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+
+        server = PromptServer.instance
+        server.send_progress_text(preview_text(lines), str(node_id), getattr(server, "client_id", None))
+    except Exception as error:  # no server (an in-process run) or an older one: the log has it  # noqa: BLE001
+        log.debug("D-ODE Sampler: could not show the choice on node %s: %s", node_id, error)
+
+
 def file_host_sampler(name: str, lam):
     """ComfyUI's sampler for a file: its ``comfy_sampler`` (ComfyUI files) or ``base_sampler`` name."""
     for candidate in (lam.metadata.get("comfy_sampler"), lam.base_sampler):
         if candidate and samplers.refusal(candidate) is None:
             return samplers.host_sampler(candidate)
-    raise dode_core.LambdaFileError(f"{name}: base sampler '{lam.base_sampler}' is not one D-ODE can use in this "
-                                    f"ComfyUI (supported: {', '.join(samplers.supported_samplers())}).")
+    raise errors.LambdaFileError(
+        f"λ file '{name}' is for the sampler '{lam.base_sampler}', which D-ODE cannot use in this ComfyUI: pick "
+        "another file, or distill for one of the listed samplers.",
+        f"supported here: {', '.join(samplers.supported_samplers())}")
 
 
-def auto_lookup(model, x, sigmas, extra_args):
-    """The newest file (user files first, demo files last) whose base sampler and model-call sigmas match this
-    run: what "auto" means at sampling time."""
-    entries, lines = [], []
+class AutoChoice:
+    """What "auto" picked at sampling time, and why."""
+
+    def __init__(self, name, lam, host, host_name, call_sigmas, matching: int):
+        self.name, self.lam, self.host, self.matching = name, lam, host, matching
+        self.host_name, self.call_sigmas = host_name, call_sigmas
+
+    @property
+    def why(self) -> str:
+        newest = "the only file that matches" if self.matching == 1 else f"the newest of {self.matching} that match"
+        return (f"its base sampler '{self.host_name}' calls the model at this run's {len(self.call_sigmas)} sigmas "
+                f"{dode_core.lambdas_file.format_sigmas(self.call_sigmas)}, those the file was fitted for (within "
+                f"{dode_core.lambdas_file.SIGMA_RTOL:.1%}); {newest}")
+
+    def lines(self) -> list[str]:
+        """Two short lines for the node (its text area shows about three)."""
+        newest = "the only match" if self.matching == 1 else f"newest of {self.matching} matching"
+        shown = self.name.replace("<", "‹").replace(">", "›")  # the frontend shows this text as HTML
+        return [f"auto used: {shown}",
+                f"({self.host_name}: its {len(self.call_sigmas)} model calls are at this run's sigmas; {newest})"]
+
+
+def _candidates():
+    """``(name, lam, host)`` of every usable file in "auto" order, and entries for an error listing."""
+    usable, listed = [], []
     for name, path in ordered_files():
+        shipped = is_shipped(path)
         try:
             lam = dode_core.load_lambdas(path)
             host = file_host_sampler(name, lam)
         except Exception as error:  # one bad file must not break "auto"  # noqa: BLE001
-            lines.append(f"  {name}: not usable ({error})")
+            listed.append((name, f"not usable ({errors.what(error, 100)})", shipped))
             continue
-        entries.append((name, lam, host))
-    probed = {}
-    for name, lam, host in entries:
+        usable.append((name, lam, host))
+        listed.append((name, lam.describe(), shipped))
+    return usable, listed
+
+
+def auto_lookup(model, x, sigmas, extra_args) -> AutoChoice:
+    """The newest file (user files first, demo files last) whose base sampler calls the model at the sigmas the
+    file was fitted for: what "auto" means at sampling time."""
+    usable, listed = _candidates()
+    probed, matching = {}, []
+    for name, lam, host in usable:
         function = host.sampler_function
         if function not in probed:
             probed[function] = dode_core.cached_call_sigmas(model, x, sigmas, function, extra_args=extra_args,
                                                             options=dict(host.extra_options or {}))
         if lam.matches(probed[function]):
-            log.info("D-ODE Sampler: auto picked %s", name)
-            return name, lam, host
-        lines.append(f"  {name}: {lam.describe()}")
-    listing = "\n".join(lines) or "  (no λ files)"
-    raise dode_core.ScheduleMismatchError(
-        f"D-ODE Sampler (auto): no λ file fits this run ({len(sigmas) - 1} steps, sigmas "
-        f"{dode_core.lambdas_file.format_sigmas(sigmas.tolist())}).\nFiles:\n{listing}\n"
-        "Distill λ for this schedule with 'Distill λ (D-ODE)', or pick a file and use its sigmas output.")
+            matching.append((name, lam, host))
+    if matching:
+        name, lam, host = matching[0]
+        host_name = lam.metadata.get("comfy_sampler") or lam.base_sampler
+        return AutoChoice(name, lam, host, host_name, probed[host.sampler_function], len(matching))
+    steps = len(sigmas) - 1
+    raise errors.ScheduleMismatchError(
+        f"No λ file fits this run ({steps} steps): distill one for this schedule with 'Distill λ (D-ODE)', or pick a "
+        "file in the D-ODE Sampler and sample with its sigmas output.",
+        f"this run: {steps} steps, sigmas {dode_core.lambdas_file.format_sigmas(sigmas.tolist())}\n"
+        "files in models/dode_lambdas (newest first):\n" + "\n".join(errors.listing(listed)))
 
 
 def file_choices() -> list[str]:
@@ -415,7 +489,7 @@ class DODEDistill(io.ComfyNode):
                 teacher_factor, history, filename, teacher_sampler="auto", fit_schedule=False,
                 latent=None) -> io.NodeOutput:
         if not math.isfinite(cfg):
-            raise ValueError(f"cfg is {cfg}; set a number (7 is typical for SD 1.5).")
+            raise errors.InputError(f"cfg is {cfg}; set a number (7 is typical for SD 1.5).")
         guider = comfy.samplers.CFGGuider(model)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
@@ -446,16 +520,17 @@ class _SeedNoise:
 
 def _sampler_widget():
     choices = samplers.supported_samplers()
-    return io.Combo.Input("sampler_name", options=choices, default="euler" if "euler" in choices else choices[0],
-                          tooltip=TIPS["sampler_name"])
+    # display names (also in locales/en/nodeDefs.json, which frontend 1.32.9 reads) keep the ids of saved workflows
+    return io.Combo.Input("sampler_name", display_name="sampler", options=choices,
+                          default="euler" if "euler" in choices else choices[0], tooltip=TIPS["sampler_name"])
 
 
 def _fit_widgets():
     """sampler_name, teacher_sampler, teacher_factor, history, fit_schedule, filename."""
     return [
         _sampler_widget(),
-        io.Combo.Input("teacher_sampler", options=samplers.teacher_choices(), default=samplers.AUTO,
-                       tooltip=TIPS["teacher_sampler"]),
+        io.Combo.Input("teacher_sampler", display_name="teacher", options=samplers.teacher_choices(),
+                       default=samplers.AUTO, tooltip=TIPS["teacher_sampler"]),
         io.Int.Input("teacher_factor", default=10, min=2, max=100, tooltip=TIPS["teacher_factor"]),
         io.Combo.Input("history", options=list(HISTORY_CHOICES), default="1", tooltip=TIPS["history"]),
         io.Boolean.Input("fit_schedule", default=False, tooltip=TIPS["fit_schedule"]),
@@ -507,7 +582,8 @@ class DODESampler(io.ComfyNode):
                         "Use it with the sigmas output (or the scheduler, steps and denoise the file was distilled "
                         "for); another schedule is refused with both schedules shown.",
             inputs=[
-                io.Combo.Input("lambdas", options=file_choices(), default=AUTO_FILE,
+                # the id stays "lambdas" (saved workflows); the label fits beside "auto (newest matching)"
+                io.Combo.Input("lambdas", display_name="λ file", options=file_choices(), default=AUTO_FILE,
                                tooltip="A λ file from models/dode_lambdas, newest first (the shipped demo files, "
                                        "made for the embedded digits model, last). 'auto': at sampling time, the "
                                        "newest file whose sampler and schedule match the run, so a file just "
@@ -522,6 +598,7 @@ class DODESampler(io.ComfyNode):
                                  tooltip="The schedule the file was fitted on ('auto': the newest file's)."),
                 io.String.Output("info_out", display_name="info", tooltip=OUT_TIPS["info"]),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -538,18 +615,28 @@ class DODESampler(io.ComfyNode):
     @classmethod
     def execute(cls, lambdas, guider=None) -> io.NodeOutput:
         if lambdas == AUTO_FILE:
-            files = ordered_files()
-            if not files:
-                raise dode_core.LambdaFileError("no λ file in models/dode_lambdas yet: distill one with "
-                                                "'Distill λ (D-ODE)' first.")
-            name, lam = _newest_loadable(files)
-            sampler = dode_sampler(None, None, AUTO_FILE, lookup=auto_lookup)
-            lines = [f"auto: the newest lambda file matching the run's schedule (newest now: {name})"]
+            usable, listed = _candidates()
+            if not usable:
+                raise errors.LambdaFileError(
+                    "No usable λ file in models/dode_lambdas: distill one with 'Distill λ (D-ODE)' first.",
+                    "files there:\n" + "\n".join(errors.listing(listed)))
+            name, lam, _host = usable[0]
+            sampler = dode_sampler(None, None, AUTO_FILE, lookup=auto_lookup, node_id=cls.hidden.unique_id)
+            lines = [f"lambda file: auto -> {name} (with this node's sigmas output: the newest of {len(usable)} "
+                     "usable files)", *describe_lines(name, lam)[1:],
+                     "auto picks at sampling time: the newest file whose base sampler calls the model at the run's "
+                     f"sigmas (within {dode_core.lambdas_file.SIGMA_RTOL:.1%}); the file used is shown on this "
+                     "node and in the log."]
         else:
             path = full_path(lambdas)
             if path is None:
-                raise dode_core.LambdaFileError(f"{lambdas}: no such λ file in models/dode_lambdas.")
-            lam = dode_core.load_lambdas(path)
+                raise errors.LambdaFileError(
+                    f"λ file '{lambdas}' is not in models/dode_lambdas (renamed or deleted?): pick another file, "
+                    "or refresh the list (R).")
+            try:
+                lam = dode_core.load_lambdas(path)
+            except dode_core.LambdaFileError as error:
+                raise errors.for_file(error, lambdas) from error
             name = lambdas
             sampler = dode_sampler(file_host_sampler(name, lam), lam, name)
             lines = describe_lines(name, lam)
@@ -558,19 +645,8 @@ class DODESampler(io.ComfyNode):
             log.warning("D-ODE Sampler: %s: %s", name, warning.lstrip("! "))
         sigmas = lam.schedule.float() if lam.schedule is not None else torch.tensor(
             [*lam.call_sigmas, 0.0], dtype=torch.float32)
-        text = "\n".join([*lines, *warnings])
+        text = preview_text([*lines, *warnings])
         return io.NodeOutput(sampler, sigmas, text, ui={"text": [text]})
-
-
-def _newest_loadable(files):
-    """The newest (name, Lambdas) that loads: one broken file must not break "auto"."""
-    errors = []
-    for name, path in files:
-        try:
-            return name, dode_core.load_lambdas(path)
-        except dode_core.LambdaFileError as error:
-            errors.append(f"  {name}: {error}")
-    raise dode_core.LambdaFileError("no usable λ file in models/dode_lambdas:\n" + "\n".join(errors))
 
 
 NODES = [DODEDistillGuider, DODEDistill, DODESampler]

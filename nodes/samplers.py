@@ -12,6 +12,7 @@ import logging
 
 import comfy.samplers
 
+from . import errors
 from ._core import dode_core
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,8 @@ def resolve(name: str):
     """The KSAMPLER for a supported ``name``; ValueError naming why otherwise."""
     why = refusal(name)
     if why is not None:
-        raise ValueError(f"D-ODE cannot use the sampler '{name}': {why} "
-                         f"Supported here: {', '.join(supported_samplers())}.")
+        raise errors.InputError(f"D-ODE cannot use the sampler '{name}': {why} Choose one of the sampler list.",
+                                f"Supported here: {', '.join(supported_samplers())}.")
     return host_sampler(name)
 
 

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from comfyui_host.harness import error_message, start_server
-from dode_core import distill, load_lambdas
+from dode_core import distill, load_lambdas, rules
 
 STEPS = 4
 SIZE = 64  # pixels: an 8x8 latent
@@ -211,9 +211,8 @@ def test_guider_distill_then_sample_is_closer_to_the_reference(server, model_typ
     info = entry["outputs"]["info"]["text"][0]
     assert info.startswith(f"lambda file: {name}  (new fit)"), info
     held_base, held_dode, held_count = lam.heldout()
-    assert held_dode < held_base and held_count == 1  # batch 4: one latent held out
-    assert (f"held-out RMSE to the teacher on 1 latents: base {held_base:.4g} -> D-ODE {held_dode:.4g} "
-            f"({held_dode / held_base:.2f}x)") in info, info
+    assert held_dode < held_base and held_count == 4  # batch 4: every latent, judged with λ fitted on the others
+    assert rules.proof_lines(lam)[0] in info and f"base sampler on your schedule {held_base:.4g}" in info, info
     distill_ui = entry["outputs"]["distill"]
     assert distill_ui["lambda_file"] == [name]
     assert distill_ui["images"][0]["type"] == "temp"  # the plot with the file name, shown on the node
@@ -282,7 +281,7 @@ def test_new_file_is_listed_first_and_auto_uses_it_without_a_refresh(server):
     named = latent_values(server, sample_graph(dode_sampler(name)))
     auto = latent_values(server, sample_graph(dode_sampler(AUTO)))
     assert auto == named, "auto did not pick the file just written"
-    assert "auto picked " + name in server.log_tail(20000)
+    assert f"D-ODE Sampler (auto): using {name}: its base sampler 'dpmpp_2m'" in server.log_tail(20000)
 
 
 def test_sampler_node_outputs_the_files_schedule(server):
@@ -381,7 +380,7 @@ def test_corrupt_file_is_refused_with_the_loaders_error(server):
 
 
 def test_interrupt_during_distill_leaves_no_file(server):
-    graph = distill_graph("interrupted", steps=20, teacher_factor=100, batch=2)
+    graph = distill_graph("interrupted", steps=20, teacher_factor=100, batch=4)
     prompt_id = server.post_prompt(graph)
     time.sleep(3.0)
     server.request("/interrupt", {})
@@ -417,7 +416,7 @@ async def _progress_events(server, graph, client_id, timeout=300.0):
 
 def test_distill_reports_progress_over_the_websocket(server):
     client_id = f"dode-progress-{uuid.uuid4().hex}"
-    prompt_id, events, final = asyncio.run(_progress_events(server, distill_graph("progress", batch=3), client_id))
+    prompt_id, events, final = asyncio.run(_progress_events(server, distill_graph("progress", batch=4), client_id))
     entry = server.wait(prompt_id)
     assert final == "execution_success", error_message(entry) + "\n" + server.log_tail()
     lam = load_lambdas(os.path.join(lambdas_dir(server), distilled_name(entry)))

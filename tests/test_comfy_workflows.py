@@ -27,3 +27,18 @@ def test_workflows_are_consistent_graphs():
             assert kind == src_type == dst_type or kind == dst_type == "*", (path, link_id, src_type, dst_type)
             assert link_id in nodes[src]["outputs"][src_slot]["links"], (path, link_id)
             assert nodes[dst]["inputs"][dst_slot]["link"] == link_id, (path, link_id)
+
+
+def test_every_template_has_its_thumbnail():
+    """ComfyUI's template browser shows example_workflows/<name>.jpg (/api/workflow_templates/<pack>/<name>.jpg,
+    square cards); tests/comfyui_host/export_workflows.py takes them from a real run of each template."""
+    import numpy as np
+    from PIL import Image
+
+    for path in WORKFLOWS:
+        thumbnail = path[: -len(".json")] + ".jpg"
+        assert os.path.isfile(thumbnail), f"no thumbnail for {os.path.basename(path)}"
+        with Image.open(thumbnail) as image:
+            assert image.format == "JPEG" and image.width == image.height >= 256
+            pixels = np.asarray(image.convert("L"), dtype=np.float32)
+        assert pixels.std() > 10, "a blank thumbnail"

@@ -3,7 +3,15 @@ page's own serialisation is written to example_workflows/ (so the files are exac
 
     .venv/bin/python tests/comfyui_host/export_workflows.py      # needs ComfyUI (harness) and Chromium
 
-Also writes docs/workflow_distill.png, the README's picture of workflow 1.
+Also writes docs/workflow_distill.png, the README's picture of workflow 1, and then runs both workflows in the page on
+the test pack's tiny model (tests/comfyui_host/dode_test_pack; there is no checkpoint here) to take what the
+frontend shows after a real run:
+    example_workflows/<name>.jpg          the template thumbnails (ComfyUI's template browser shows these)
+    docs/comfyui_plot.png                 the distill node with its plot, at 100 % zoom
+    docs/comfyui_info.png                 the D-ODE Sampler ('auto' and the file it used) and Preview as Text
+    docs/comfyui_error.png                the error dialog when no λ file fits ("auto", 7 steps)
+With DODE_FRONTEND_ROOT=<a frontend's static folder> (e.g. comfyui-frontend-package 1.58.1 unpacked) the error is
+also taken there, as docs/comfyui_error_frontend_<DODE_FRONTEND_NAME or "other">.png.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -62,7 +71,7 @@ DISTILL_THEN_SAMPLE = {
 
 SAMPLE_WITH_LAMBDA_FILE = {
     "nodes": [*_COMMON_NODES,
-              {"key": "dode", "type": "DODESampler", "pos": [1090, 160], "size": [340, 120],
+              {"key": "dode", "type": "DODESampler", "pos": [1090, 160], "size": [340, 190],
                "widgets": {"lambdas": "auto (newest matching)"}},
               {"key": "info", "type": "PreviewAny", "pos": [1480, 380], "size": [300, 300]}],
     "links": [*_COMMON_LINKS,
@@ -74,6 +83,74 @@ WORKFLOWS = {
     "dode_distill_then_sample.json": DISTILL_THEN_SAMPLE,
     "dode_sample_with_lambda_file.json": SAMPLE_WITH_LAMBDA_FILE,
 }
+
+
+THUMBNAIL = 512  # px, square: the template browser crops its cards to a square
+RUN_VIEWS = {  # the nodes each template's thumbnail shows after its run
+    "dode_distill_then_sample.json": ["DODEDistillGuider", "SamplerCustomAdvanced", "PreviewAny"],
+    "dode_sample_with_lambda_file.json": ["DODESampler", "SamplerCustomAdvanced", "PreviewAny"],
+}
+
+
+def viewport(browser) -> tuple[int, int]:
+    return tuple(browser.js("return [innerWidth * devicePixelRatio, innerHeight * devicePixelRatio].map(Math.floor)"))
+
+
+def run_with_test_model(browser, name: str) -> None:
+    from comfyui_host.browser import TEST_MODEL_JS
+    from comfyui_host.harness import error_message
+
+    with open(os.path.join(ROOT, "example_workflows", name), encoding="utf-8") as f:
+        browser.load(json.load(f))
+    browser.js(TEST_MODEL_JS)
+    errors, prompt_id = browser.queue()
+    if errors:
+        raise RuntimeError(f"{name}: {errors}")
+    entry = browser.server.wait(prompt_id)
+    if entry["status"]["status_str"] != "success":
+        raise RuntimeError(f"{name}: {error_message(entry)}")
+    time.sleep(1.5)  # the previews arrive over the websocket
+
+
+def take_runs(browser) -> None:
+    """Both templates run for real; their thumbnails and the docs' pictures of the plot and the info."""
+    docs = os.path.join(ROOT, "docs")
+    for name, types in RUN_VIEWS.items():
+        run_with_test_model(browser, name)
+        browser.dismiss_dialogs()
+        box = browser.show_nodes(types, square=True)
+        browser.save_crop(os.path.join(ROOT, "example_workflows", name.replace(".json", ".jpg")), box, size=THUMBNAIL)
+        print("wrote", name.replace(".json", ".jpg"))
+        if name == "dode_distill_then_sample.json":
+            browser.save_crop(os.path.join(docs, "comfyui_plot.png"), browser.show_nodes(["DODEDistillGuider"]))
+            print("wrote docs/comfyui_plot.png")
+        else:
+            browser.save_crop(os.path.join(docs, "comfyui_info.png"), browser.show_nodes(["DODESampler", "PreviewAny"]))
+            print("wrote docs/comfyui_info.png")
+
+
+def take_error(browser, path: str) -> None:
+    """Workflow 2 ("auto") with a 7-step schedule no λ file fits: the error as the frontend shows it."""
+    from comfyui_host.browser import NO_MATCH_JS, TEST_MODEL_JS
+
+    browser.dismiss_dialogs()
+    with open(os.path.join(ROOT, "example_workflows", "dode_sample_with_lambda_file.json"), encoding="utf-8") as f:
+        browser.load(json.load(f))
+    browser.js(TEST_MODEL_JS)
+    browser.js(NO_MATCH_JS)
+    _errors, prompt_id = browser.queue()
+    browser.server.wait(prompt_id)
+    time.sleep(2.0)
+    box = browser.dialog_box()
+    if box is None:  # frontend 1.58.1: a toast, and the message in the node's error panel ("View details")
+        buttons = [b for b in browser.driver.find_elements("xpath", "//button") if "View details" in b.text]
+        if buttons:
+            buttons[0].click()
+            time.sleep(1.5)
+        width, height = viewport(browser)
+        box = (int(width * 0.45), 0, int(width), int(height))
+    browser.save_crop(path, box, colors=64)
+    print("wrote", os.path.relpath(path, ROOT))
 
 
 def main() -> None:
@@ -106,10 +183,26 @@ def main() -> None:
         image = image.quantize(colors=128)
         image.save(os.path.join(ROOT, "docs", "workflow_distill.png"), optimize=True)
         print("wrote docs/workflow_distill.png")
+        take_runs(browser)
+        take_error(browser, os.path.join(ROOT, "docs", "comfyui_error.png"))
     finally:
         if browser is not None:
             browser.close()
         server.stop()
+
+    other = os.environ.get("DODE_FRONTEND_ROOT")
+    if other:
+        server = ComfyServer(tempfile.mkdtemp(prefix="dode-export-"), extra_args=["--front-end-root", other])
+        browser = None
+        try:
+            browser = Browser(server)
+            run_with_test_model(browser, "dode_distill_then_sample.json")  # a file for "auto" to miss
+            label = os.environ.get("DODE_FRONTEND_NAME", "other")
+            take_error(browser, os.path.join(ROOT, "docs", f"comfyui_error_frontend_{label}.png"))
+        finally:
+            if browser is not None:
+                browser.close()
+            server.stop()
 
 
 if __name__ == "__main__":
