@@ -23,12 +23,13 @@ def proof_lines(lam) -> list[str]:
     typical = f"; a typical latent {float(typical):.2f}x" if typical else ""
     lines = [f"proof on {count} latents, {how}: final-state RMSE to the teacher, base sampler on your schedule "
              f"{base:.4g} -> D-ODE {dode:.4g}{ratio}{typical}"]
-    if "heldout_rmse_base_fitted" in metadata:
+    schedule_fields = ("heldout_rmse_dode_user", "heldout_rmse_dode_fitted", "heldout_rmse_base_fitted")
+    if all(key in metadata for key in schedule_fields):  # a file from a stranger may hold some of them only
+        user, fitted, base_fitted = (float(metadata[key]) for key in schedule_fields)
         chosen = "the fitted schedule" if lam.schedule_fitted else "your schedule (the fitted one did not beat it)"
-        lines.append(f"schedule: {chosen}; D-ODE on your schedule {float(metadata['heldout_rmse_dode_user']):.4g}, "
-                     f"on the fitted one {float(metadata['heldout_rmse_dode_fitted']):.4g} (base on it "
-                     f"{float(metadata['heldout_rmse_base_fitted']):.4g})")
-    if "teacher_error" in metadata:
+        lines.append(f"schedule: {chosen}; D-ODE on your schedule {user:.4g}, on the fitted one {fitted:.4g} (base "
+                     f"on it {base_fitted:.4g})")
+    if "teacher_error" in metadata:  # validated as a number when present
         teacher = printable(metadata.get("teacher_sampler", "?"))[:64]
         lines.append(f"teacher: {teacher} x{printable(metadata.get('teacher_factor', '?'))[:8]}, estimated error "
                      f"{float(metadata['teacher_error']):.2g} (against itself at half the factor); "

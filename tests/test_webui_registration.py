@@ -25,7 +25,7 @@ from models import GaussianDenoiser
 
 # the host table's deterministic samplers, in the host's order (tests/webui_stub/modules/sd_samplers_kdiffusion.py)
 D_ODE_NAMES = ["D-ODE DPM++ 2M", "D-ODE Euler", "D-ODE LMS", "D-ODE Heun", "D-ODE DPM2", "D-ODE Restart"]
-FORGE_D_ODE_NAMES = [*D_ODE_NAMES, "D-ODE HeunPP2", "D-ODE IPNDM", "D-ODE IPNDM_V", "D-ODE DEIS"]
+FORGE_D_ODE_NAMES = [*D_ODE_NAMES, "D-ODE IPNDM", "D-ODE IPNDM_V", "D-ODE DEIS"]  # HeunPP2: its stage sigmas rise
 
 
 @pytest.fixture
