@@ -44,7 +44,7 @@ from .correction import all_finite
 from .crossfit import CallFit, CrossFitRun, final_errors, proves_gain, ratio_standard_error, typical_ratio
 from .lambdas_file import Lambdas, format_sigmas
 from .schedule import check_calls_on_schedule, dense_grid, merge_points, run_dense_teacher, schedule_range
-from .search import EFFORT, ScheduleSearch, Surrogate, start_paths
+from .search import EFFORT, ScheduleSearch, Surrogate, last_jump_limit, start_paths
 from .teacher import (
     check_teacher,
     convergence_error,
@@ -333,11 +333,11 @@ def _distill(model, x, sigmas, sampler, opts: FitOptions, callback) -> Lambdas:
 
     fit.teacher_calls = progress.done - len(call_sigmas)  # everything so far but the base run
     user = fit.candidate("user", sigmas, user_map, user_targets, reference, base_user)
-    choice = _search_schedule(fit, dense, sigmas, reference) if opts.fit_schedule else None
+    choice = _search_schedule(fit, dense, sigmas, reference, user) if opts.fit_schedule else None
     return _deliver(fit, user, choice, teacher_errors)
 
 
-def _search_schedule(fit: _Fit, dense, sigmas, reference) -> _ScheduleChoice | None:
+def _search_schedule(fit: _Fit, dense, sigmas, reference, user: _Candidate) -> _ScheduleChoice | None:
     """Search the schedule on the first half of the latents (search.py), run the best few for real, and keep the one
     with the least real error there; the other half stays out of every choice, for the proof."""
     x, opts = fit.x, fit.opts
@@ -346,8 +346,10 @@ def _search_schedule(fit: _Fit, dense, sigmas, reference) -> _ScheduleChoice | N
     effort = EFFORT["thorough" if opts.fit_schedule == "thorough" else "default"]
     surrogate = Surrogate(fit.model, dense, search_latents)
     user_path = [surrogate.index(float(s)) for s in sigmas]
+    last = last_jump_limit(surrogate, float(user.dode_errors[search_latents].mean()))
     search = ScheduleSearch(surrogate, x[search_latents], dense.grid, fit.sampler, fit.name, opts.history,
-                            opts.max_terms, opts.extra_args, opts.options, effort, progress=fit.progress.report)
+                            opts.max_terms, opts.extra_args, opts.options, effort, progress=fit.progress.report,
+                            first_last_index=last)
     ranked = search.run(start_paths(dense, len(sigmas) - 1, user_path, search_latents))
     real = []
     for surrogate_mse, path, origin in ranked:
