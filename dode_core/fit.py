@@ -17,8 +17,9 @@ The student runs once, live: λ_k is fitted inside model call k, and every laten
 with λ fitted *without* it (leave one out), so its final state is an honest, held-out D-ODE result. The base
 run is what the user runs without the plugin: the base sampler on the user's schedule. D-ODE is delivered only
 if it beats that base on the batch by more than chance (crossfit.proves_gain). With ``fit_schedule`` the
-teacher runs on a dense grid instead, and a second student run and base run try the fitted schedule; the better
-D-ODE of the two schedules is delivered, still judged against the base on the user's.
+teacher runs on a dense grid instead, a search (search.py) proposes schedules from it on half the batch, the best
+few run for real, and the fitted schedule is delivered only if it beats D-ODE on the user's schedule, and the base
+on it, on the other half, which chose nothing.
 """
 
 from __future__ import annotations
