@@ -15,6 +15,7 @@ from dode_core import (
     ScheduleMismatchError,
     choose_file,
     same_sampler,
+    sample,
     use_file,
 )
 from dode_core.file_rules import ModelIdentity, file_sha256, model_identity, model_mismatch
@@ -96,6 +97,19 @@ def test_a_file_for_other_latents_is_passed_over_by_auto_and_refused_when_named(
         use_file(demo, lam_for(latent_shape=(1, 16, 16)), SCHEDULE, CALLS, latent_shape=run_latents)
     assert isinstance(error.value, LambdaFileError)
     assert "1 channel" in str(error.value) and "have 4" in str(error.value)
+
+
+def test_sampling_refuses_another_models_file_before_any_model_call(K):
+    calls = []
+
+    def model(x, sigma, **extra_args):
+        calls.append(float(sigma[0]))
+        return x * 0
+
+    sigmas = torch.tensor(SCHEDULE)
+    with pytest.raises(ModelMismatchError) as error:
+        sample(model, torch.zeros(2, 4, 8, 8), sigmas, K.sample_euler, lam_for(latent_shape=(1, 16, 16)))
+    assert "1 channel" in str(error.value) and calls == []
 
 
 def test_a_file_without_a_latent_shape_serves_any_latent(tmp_path):
