@@ -49,8 +49,8 @@ def file_host_sampler(name: str, lam):
         if candidate and samplers.refusal(candidate) is None:
             return samplers.host_sampler(candidate)
     raise errors.LambdaFileError(
-        f"λ file '{name}' is for the sampler '{lam.base_sampler}', which D-ODE cannot use in this ComfyUI: pick "
-        "another file, or distill for one of the listed samplers.",
+        f"{f'λ file {name!r}' if name else 'it'} is for the sampler '{lam.base_sampler}', which D-ODE cannot use in "
+        "this ComfyUI: pick another file, or distill for one of the listed samplers.",
         f"supported here: {', '.join(samplers.supported_samplers())}")
 
 
