@@ -2,38 +2,17 @@
 numbers on the axes, the caption), and the errors (a short first line, the details after, a short type, capped
 lists). tests/test_comfy_frontend.py checks the same in the real frontend."""
 
-import importlib.util
-import os
-import sys
-import types
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from nodes_stand_in import nodes_module
 
 import dode_core
 from dode_core.lambdas_file import Lambdas
 
-
-def _nodes_module(name):
-    """nodes/<name>.py without nodes/__init__.py (which needs ComfyUI): a stand-in package around the folder."""
-    package = "dode_ui_nodes"
-    if package not in sys.modules:
-        module = types.ModuleType(package)
-        module.__path__ = [os.path.join(ROOT, "nodes")]
-        sys.modules[package] = module
-    full = f"{package}.{name}"
-    if full not in sys.modules:
-        spec = importlib.util.spec_from_file_location(full, os.path.join(ROOT, "nodes", f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[full] = module
-        spec.loader.exec_module(module)
-    return sys.modules[full]
-
-
-plot = _nodes_module("plot")
-errors = _nodes_module("errors")
+plot = nodes_module("plot")
+errors = nodes_module("errors")
 
 
 def lam_for(calls=8, history=1, recorded=True):

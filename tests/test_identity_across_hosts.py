@@ -3,35 +3,17 @@ code runs in its stand-in host (tests/webui_host.py), ComfyUI's in nodes/identit
 made for the same checkpoint by the other; a file for another checkpoint is still called that."""
 
 import hashlib
-import importlib.util
 import os
 import sys
 import types
 
 import pytest
 import torch
-from conftest import ROOT
+from nodes_stand_in import nodes_module
 from webui_host import stand_in_host
 
 from dode_core import load_lambdas
 from dode_core.file_rules import ModelIdentity, model_identity, model_mismatch
-
-
-def nodes_module(name):
-    """nodes/<name>.py without nodes/__init__.py (which needs ComfyUI), as tests/test_comfy_ui.py loads it."""
-    package = "dode_identity_nodes"
-    if package not in sys.modules:
-        module = types.ModuleType(package)
-        module.__path__ = [os.path.join(ROOT, "nodes")]
-        sys.modules[package] = module
-    full = f"{package}.{name}"
-    if full not in sys.modules:
-        spec = importlib.util.spec_from_file_location(full, os.path.join(ROOT, "nodes", f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[full] = module
-        spec.loader.exec_module(module)
-    return sys.modules[full]
-
 
 identity = nodes_module("identity")
 
