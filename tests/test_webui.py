@@ -279,6 +279,17 @@ def test_the_distill_job_writes_a_valid_file_with_the_run_metadata(tmp_path, K, 
     assert job.done and job.saved_path == path
 
 
+def test_the_distill_job_refuses_a_batch_too_large_for_any_host(tmp_path, K, karras, monkeypatch):
+    import dode_core.rules
+
+    monkeypatch.setattr(dode_core.rules, "MAX_FIT_VALUES", 100)
+    model = FakeCFGDenoiser()
+    with pytest.raises(DistillRefusedError) as refused:
+        run_distill_job(model, noise() * 80, karras(4), K.sample_euler, str(tmp_path), request())
+    assert "latents of" in str(refused.value) and "at most 100" in str(refused.value)
+    assert model.calls == 0 and os.listdir(tmp_path) == []
+
+
 def test_the_distill_job_never_overwrites(tmp_path, K, karras):
     sigmas = karras(4)
     paths = [run_distill_job(GaussianDenoiser(), noise() * sigmas[0], sigmas, K.sample_euler, str(tmp_path),
