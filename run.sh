@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry for a fresh machine: sets up .venv on first use, then runs what you ask for.
-#   bash run.sh demo [flags]    the main job: D-ODE on the embedded demo model, CPU only
+#   bash run.sh demo [flags]    the main job: D-ODE on the embedded demo model, CPU only (python -m dode_demo)
 #   bash run.sh test [args]     ruff + the whole test suite (incl. a real ComfyUI 0.3.75 server on 127.0.0.1),
 #                               then the product tests again on Python 3.10 (.venv310; DODE_PY310=0 skips it)
 #   bash run.sh test310 [args]  only that Python 3.10 leg
@@ -100,7 +100,7 @@ for module in (torch, torchvision):
 command="${1:-}"
 shift || true
 case "$command" in
-    demo)  setup; exec "$VENV/bin/python" -m dode_core demo "$@" ;;
+    demo)  setup; exec "$VENV/bin/python" -m dode_demo "$@" ;;
     test)  setup; setup_comfy_tests
            if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
                echo "run.sh: no chromium/chromedriver: the frontend test skips" \

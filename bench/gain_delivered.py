@@ -45,8 +45,8 @@ MIN_GAIN, KEPT = 0.05, 0.9
 def problem(name: str):
     """(model, latent shape, dtype, sigma_min, sigma_max)."""
     if name == "demo":
-        from dode_core.demo import load_demo_model
-        from dode_core.demo.model import SIGMA_MAX, SIGMA_MIN
+        from dode_demo import load_demo_model
+        from dode_demo.model import SIGMA_MAX, SIGMA_MIN
 
         return load_demo_model(), (1, 16, 16), torch.float32, SIGMA_MIN, SIGMA_MAX
     from models import KDEDenoiser, digits_data

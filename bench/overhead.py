@@ -210,8 +210,8 @@ def half_precision_section(samplers=(ks.sample_euler, ks.sample_dpmpp_2m), calls
     This is what chose ROUNDED_ONCE_DTYPES in dode_core/correction.py.
     """
     from dode_core import correction, distill
-    from dode_core.demo.job import karras_sigmas
-    from dode_core.demo.model import load_demo_model
+    from dode_demo.job import karras_sigmas
+    from dode_demo.model import load_demo_model
 
     def rms(a, b):
         return float((a.double() - b.double()).square().mean().sqrt())

@@ -1,4 +1,4 @@
-"""``python -m dode_core demo|inspect``: see dode_core/cli.py."""
+"""``python -m dode_core inspect FILE...``: see dode_core/cli.py."""
 
 from .cli import main
 

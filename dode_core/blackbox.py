@@ -9,10 +9,15 @@ run it again, hand it cached outputs for calls ``0..k``, and stop it (an excepti
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from dataclasses import dataclass
 
 import torch
+
+from .karras import karras
+
+log = logging.getLogger(__name__)
 
 
 class SamplerRefusedError(ValueError):
@@ -223,8 +228,9 @@ def measure_sampler(model, x, sigmas, sampler, *, extra_args=None, options=None,
             return _measure(model, x, sigmas.double(), sampler, extra_args, options, role, torch.float64)
         except SamplerRefusedError:
             raise
-        except Exception:  # e.g. ComfyUI's UniPC mixes float32 tables into the state: probe as the run will be
-            pass
+        except (RuntimeError, TypeError) as error:  # a dtype clash (ComfyUI's UniPC mixes float32 tables into the
+            # state): probe in the latent's own dtype, as the run will be
+            log.debug("probing %s in float64 failed (%s); probing in %s", sampler_name(sampler), error, x.dtype)
     return _measure(model, x, sigmas, sampler, extra_args, options, role, None)
 
 
@@ -313,9 +319,7 @@ def check_deterministic(model, x, sigmas, sampler, *, extra_args=None, options=N
 def default_probe_sigmas() -> torch.Tensor:
     """A typical 8-step Karras schedule of a latent-diffusion model (sigma 14.6 to 0.03, then 0), for checks that
     have no schedule of their own."""
-    steps, rho, sigma_min, sigma_max = 8, 7.0, 0.0292, 14.61
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-    sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    sigmas = karras(14.61, 0.0292, 8)
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 

@@ -26,7 +26,9 @@ from .blackbox import (
     sampler_name,
     sigma_value,
 )
-from .lambdas_file import SIGMA_RTOL, Lambdas, ScheduleMismatchError
+from .file_rules import check_latent
+from .lambdas_file import Lambdas, ScheduleMismatchError
+from .rules import SIGMA_RTOL
 
 # Corrections of these output dtypes are returned in the dtype, rounded once. bfloat16 (8-bit mantissa) is not: on
 # the demo model its rounded correction moved final states by 2e-3 to 5e-3 RMS, 1.4 to 3 times what its model's own
@@ -136,7 +138,10 @@ def all_finite(tensor: torch.Tensor) -> bool:
 
 
 def check_channels(lam: Lambdas, x: torch.Tensor) -> None:
-    """Per-channel λ need a latent with as many channels (dim 1); raise ValueError before any model call."""
+    """A latent with another channel count (dim 1) than the fit's is another model's: ModelMismatchError
+    (file_rules.check_latent); per-channel λ need as many channels as they hold: ValueError. Before any model call."""
+    if x.dim() >= 2:
+        check_latent(lam, x.shape)
     if lam.lambdas.dim() != 3:
         return
     channels = lam.lambdas.shape[2]

@@ -26,7 +26,7 @@ import torch
 
 from .blackbox import ModelProxy, SamplerMap, SamplerRefusedError, close_enough, sigma_value
 from .correction import differences, working_precision
-from .lambdas_file import MAX_ABS_LAMBDA
+from .file_format import MAX_ABS_LAMBDA
 
 log = logging.getLogger(__name__)
 

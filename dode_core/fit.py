@@ -28,22 +28,15 @@ import datetime
 import json
 import logging
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
-from .blackbox import (
-    ModelProxy,
-    SamplerMap,
-    check_follows_schedule,
-    measure_sampler,
-    private_rng,
-    sampler_name,
-    sigma_value,
-)
-from .correction import all_finite
+from .blackbox import SamplerMap, check_follows_schedule, measure_sampler, private_rng, sampler_name
 from .crossfit import CallFit, CrossFitRun, final_errors, proves_gain, ratio_standard_error, typical_ratio
-from .lambdas_file import Lambdas, format_sigmas
+from .fit_setup import CheckedModel, FitOptions, Progress, check_inputs
+from .lambdas_file import Lambdas
+from .rules import MAX_TEACHER_STEPS
 from .schedule import check_calls_on_schedule, dense_grid, merge_points, run_dense_teacher, schedule_range
 from .search import EFFORT, ScheduleSearch, Surrogate, last_jump_limit, start_paths
 from .teacher import (
@@ -57,13 +50,11 @@ from .teacher import (
     teacher_order,
     teacher_sigmas,
 )
+from .text import format_sigmas
 from .version import __version__
 
 log = logging.getLogger(__name__)
 
-AUTO_MAX_HISTORY = 3
-MIN_BATCH = 4  # every latent is judged by λ fitted on the others: fewer cannot show a gain beyond chance
-MAX_TEACHER_STEPS = 20_000  # steps x teacher_factor: beyond this a fit is a mistake, not a wish
 # the teacher must be clearly closer to the ODE's end than the base sampler it proves D-ODE against
 TEACHER_MARGIN = 0.25
 
@@ -75,98 +66,6 @@ class NoGainError(ValueError):
 
 class TeacherNotConvergedError(ValueError):
     """The teacher run is not clearly closer to the ODE's end than the base sampler: it cannot prove anything."""
-
-
-@dataclass(frozen=True)
-class FitOptions:
-    """What one distill call was asked for, checked (see distill)."""
-
-    teacher_factor: int
-    teacher: object
-    history: int | str
-    fit_schedule: bool | str  # False, True or "thorough"
-    sigma_min: float
-    extra_args: dict = field(default_factory=dict)
-    options: dict = field(default_factory=dict)  # the student sampler's
-    teacher_options: dict = field(default_factory=dict)  # the same, when the teacher is the student's function
-
-    @property
-    def max_terms(self) -> int:
-        return AUTO_MAX_HISTORY if self.history == "auto" else int(self.history)
-
-
-class _Progress:
-    """Counts real model evaluations and reports ``callback(done, total)``; a raising callback cancels."""
-
-    def __init__(self, callback, total: int):
-        self.callback, self.total, self.done = callback, total, 0
-
-    def step(self) -> None:
-        self.done += 1
-        self.report()
-
-    def report(self) -> None:
-        if self.callback is not None:
-            self.callback(self.done, self.total)
-
-
-class _CheckedModel(ModelProxy):
-    """The user's model, with every output checked for shape and finiteness and counted for progress."""
-
-    def __init__(self, model, progress: _Progress):
-        super().__init__(model)
-        self.progress, self.role = progress, "fit"
-        self.dtype = ""  # of the last output, recorded in the λ file
-
-    def __call__(self, x, sigma, **extra_args):
-        denoised = self.inner(x, sigma, **extra_args)
-        if not isinstance(denoised, torch.Tensor) or denoised.shape != x.shape:
-            shape = tuple(denoised.shape) if isinstance(denoised, torch.Tensor) else type(denoised).__name__
-            raise ValueError(f"the model returned {shape} for an input of shape {tuple(x.shape)} "
-                             f"({self.role}, sigma {sigma_value(sigma):.4g}); expected the same shape.")
-        if not all_finite(denoised):
-            hint = ("the guidance scale (cfg) in extra_args is not finite" if _non_finite_cfg(extra_args) else
-                    "check the model and its precision (try float32 or bfloat16 instead of float16)")
-            raise ValueError(f"the model returned non-finite values (NaN or inf) during the {self.role} "
-                             f"at sigma {sigma_value(sigma):.4g}; no λ were fitted: {hint}.")
-        self.progress.step()
-        self.dtype = str(denoised.dtype).removeprefix("torch.")
-        return denoised
-
-
-def _non_finite_cfg(extra_args) -> bool:
-    value = extra_args.get("cond_scale", extra_args.get("cfg"))
-    return isinstance(value, (int, float)) and not math.isfinite(value)
-
-
-def check_inputs(x, sigmas, teacher_factor, history) -> None:
-    """Clear errors for a schedule, latent or option that cannot be distilled."""
-    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] < 1:
-        raise ValueError(f"x must be a batch of latents (batch, ...); got {getattr(x, 'shape', type(x))}.")
-    if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1:
-        raise ValueError(f"sigmas must be a 1-D tensor; got {getattr(sigmas, 'shape', type(sigmas))}.")
-    if len(sigmas) < 3:
-        raise ValueError(f"the schedule has {max(len(sigmas) - 1, 0)} step(s); D-ODE corrects each call "
-                         "from the previous ones, so it needs at least 2 steps.")
-    if not bool(torch.isfinite(sigmas).all()) or bool((sigmas < 0).any()):
-        raise ValueError(f"sigmas must be finite and >= 0; got {format_sigmas(sigmas)}.")
-    if bool((sigmas[1:] > sigmas[:-1]).any()):
-        raise ValueError(f"sigmas must decrease; got {format_sigmas(sigmas)}.")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x holds non-finite values (NaN or inf); expected a finite start latent.")
-    if isinstance(teacher_factor, bool) or not isinstance(teacher_factor, int) or teacher_factor < 2:
-        raise ValueError(f"teacher_factor must be an integer >= 2 (the teacher's error is measured against its "
-                         f"own run at half the factor); got {teacher_factor!r}.")
-    if (len(sigmas) - 1) * teacher_factor > MAX_TEACHER_STEPS:
-        raise ValueError(f"steps x teacher_factor = {len(sigmas) - 1} x {teacher_factor} is over "
-                         f"{MAX_TEACHER_STEPS}; the teacher would make at least that many model calls. "
-                         "Use fewer steps or a smaller teacher_factor (10 is plenty).")
-    if history != "auto" and (isinstance(history, bool) or not isinstance(history, int) or not 1 <= history <= 8):
-        raise ValueError(f"history must be 1 to 8 or 'auto'; got {history!r}.")
-    if x.shape[0] < MIN_BATCH:
-        raise ValueError(f"D-ODE proves every fit on latents it was not fitted on (each latent against λ fitted on "
-                         f"the others), so it needs a batch of at least {MIN_BATCH} latents (8 to 16 give a sharper "
-                         f"proof); got {x.shape[0]}.")
 
 
 def _rmse(errors: torch.Tensor) -> float:
@@ -203,11 +102,11 @@ class _ScheduleChoice:
 class _Fit:
     """One distill: the model (checked, counted), the options and the runs of the sampler over the batch."""
 
-    def __init__(self, model, x, sampler, opts: FitOptions, progress: _Progress):
+    def __init__(self, model, x, sampler, opts: FitOptions, progress: Progress):
         self.model, self.x, self.sampler, self.opts = model, x, sampler, opts
         self.name = sampler_name(sampler)
         self.progress = progress
-        self.checked = _CheckedModel(model, progress)
+        self.checked = CheckedModel(model, progress)
         self.teacher_calls = 0
 
     def run(self, model, sigmas, role: str) -> torch.Tensor:
@@ -295,7 +194,7 @@ def _distill(model, x, sigmas, sampler, opts: FitOptions, callback) -> Lambdas:
     half = half_grid(grid, student_points(sigmas, call_sigmas)).to(grid)
     half_calls = check_teacher(model, x, half, opts.teacher, opts.extra_args, opts.teacher_options)
     runs = 2 if opts.fit_schedule else 1
-    progress = _Progress(callback, len(teacher_calls) + len(half_calls) + 2 * runs * len(call_sigmas))
+    progress = Progress(callback, len(teacher_calls) + len(half_calls) + 2 * runs * len(call_sigmas))
     progress.report()  # (0, total): the host learns the cost, and may cancel, before the first model call
     fit = _Fit(model, x, sampler, opts, progress)
     base_user = fit.run(fit.checked, sigmas, "base run (user schedule)")

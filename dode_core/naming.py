@@ -1,15 +1,19 @@
-"""The file-name convention of lambdas/README.md, one function for every host.
+"""λ file names: the convention of lambdas/README.md, one function for every host,
 
     <model>_<sampler>_<steps>steps_<scheduler or "fitted">[_cfg<cfg>]_h<history>
 
-so that files for different checkpoints, schedules and guidance never collide into ``_2``, ``_3``. The file
-itself records all of this in its metadata; the name is for people choosing from a dropdown.
+so that files for different checkpoints, schedules and guidance never collide into ``_2``, ``_3`` (the file itself
+records all of this in its metadata; the name is for people choosing from a dropdown), and the bare stem a save
+reduces any user text to, so that a name cannot leave its folder.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+
+from .file_format import EXTENSION
 
 FITTED = "fitted"
 
@@ -49,3 +53,15 @@ def lambda_file_stem(model, sampler: str, steps: int, scheduler, cfg=None, histo
         parts.append(tag)
     parts.append(f"h{slug(history, '1')}")
     return "_".join(parts)
+
+
+def file_stem(text, fallback: str = "lambdas") -> str:
+    """A bare, portable file stem from user text: no folder part, no extension, no leading dots, only
+    ``[A-Za-z0-9._-]`` (other runs become ``_``), at most 120 characters; ``fallback`` when nothing is left."""
+    stem = os.path.basename(str(text or "").strip().replace("\\", "/"))
+    if stem.lower().endswith(EXTENSION):
+        stem = stem[: -len(EXTENSION)]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:120]
+    if stem:
+        return stem
+    return file_stem(fallback, fallback="") if fallback else "lambdas"

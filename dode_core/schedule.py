@@ -23,22 +23,17 @@ import math
 import torch
 
 from .blackbox import ModelProxy, SamplerRefusedError, sigma_value
+from .karras import karras
 
 
 def dense_grid(sigma_max: float, sigma_min: float, points: int, rho: float = 7.0) -> torch.Tensor:
-    """``points`` sigmas from ``sigma_max`` down to ``sigma_min`` in Karras spacing, then 0 (float64):
-
-        s_t = (sigma_max^(1/rho) + t / (points - 1) * (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,  t = 0..points-1
-    """
+    """``points`` sigmas from ``sigma_max`` down to ``sigma_min`` in Karras spacing (karras.karras), then 0."""
     if not (math.isfinite(sigma_max) and math.isfinite(sigma_min) and sigma_max > sigma_min > 0):
         raise ValueError(f"a fitted schedule needs sigma_max > sigma_min > 0; got {sigma_max:.4g} and "
                          f"{sigma_min:.4g}.")
     if points < 2:
         raise ValueError(f"the dense grid needs at least 2 positive sigmas; got {points}.")
-    ramp = torch.linspace(0, 1, points, dtype=torch.float64)
-    top, bottom = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    grid = (top + ramp * (bottom - top)) ** rho
-    grid[0], grid[-1] = sigma_max, sigma_min  # exact ends, not re-rounded through the power
+    grid = karras(sigma_max, sigma_min, points, rho)
     return torch.cat([grid, grid.new_zeros(1)])
 
 

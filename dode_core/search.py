@@ -28,6 +28,7 @@ import torch
 
 from .blackbox import ModelProxy, SamplerRefusedError, measure_sampler, sigma_value
 from .crossfit import CrossFitRun, final_errors
+from .karras import karras
 from .schedule import DenseTeacherRun, cheapest_path, check_calls_on_schedule, one_step_costs
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def start_paths(run: DenseTeacherRun, steps: int, user_indices: list[int], laten
     ramp = [t / (steps - 1) for t in range(1, steps)] if steps > 1 else []
     starts = {"user": list(user_indices)}
     if steps > 1:
-        starts["karras"] = snap([(top ** (1 / 7) + r * (bottom ** (1 / 7) - top ** (1 / 7))) ** 7 for r in ramp])
+        starts["karras"] = snap(karras(top, bottom, steps)[1:].tolist())
         starts["log-uniform"] = snap([top * (bottom / top) ** r for r in ramp])
         starts["uniform"] = snap([top + r * (bottom - top) for r in ramp])
     states = [s[latents] for s in run.states]

@@ -19,6 +19,7 @@ import math
 import torch
 
 from .blackbox import ModelProxy, SamplerRefusedError, check_deterministic, sampler_name
+from .karras import karras
 
 DEFAULT_SIGMA_MIN = 0.002  # EDM's smallest sigma: for a bare denoiser that says nothing of its range
 MAX_FINAL_MULTIPLE = 4  # the final interval gets up to this many times the sub-steps of an average one
@@ -52,12 +53,8 @@ def student_points(sigmas, call_sigmas, rel_tol: float = 1e-6) -> list[float]:
 
 
 def karras_substeps(a: float, b: float, count: int, rho: float = 7.0) -> list[float]:
-    """``count`` steps from ``a`` down to ``b`` > 0 in Karras spacing (the points after ``a``, ``b`` exact):
-
-        s_t = (a^(1/rho) + t/count * (b^(1/rho) - a^(1/rho)))^rho,   t = 1..count
-    """
-    a_root, b_root = a ** (1 / rho), b ** (1 / rho)
-    return [(a_root + t / count * (b_root - a_root)) ** rho for t in range(1, count)] + [b]
+    """``count`` steps from ``a`` down to ``b`` > 0 in Karras spacing: the points after ``a``, ``b`` exact."""
+    return karras(a, b, count + 1, rho)[1:].tolist()
 
 
 def final_substeps(points: list[float], factor: int, sigma_min: float) -> int:

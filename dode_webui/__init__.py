@@ -16,7 +16,6 @@ from .host_rng import hijack_free
 from .lambda_files import (
     LAMBDAS_FOLDER_NAME,
     LambdaResolutionError,
-    Resolution,
     file_hash,
     infotext_fields,
     list_lambda_files,
@@ -43,7 +42,6 @@ __all__ = [
     "DistillRefusedError",
     "DistillRequest",
     "LambdaResolutionError",
-    "Resolution",
     "RunContext",
     "SamplerSpec",
     "check_sampler_name",

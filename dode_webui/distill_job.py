@@ -8,20 +8,22 @@ from dataclasses import dataclass, field
 
 from dode_core import Lambdas, distill
 from dode_core.blackbox import sampler_name
-from dode_core.lambdas_file import REQUIRED_FIELDS
+from dode_core.file_rules import CHECKPOINT_NAME
 from dode_core.naming import lambda_file_stem
-from dode_core.rules import proof_summary
+from dode_core.rules import (
+    AUTO,
+    DEFAULT_TEACHER_FACTOR,
+    MAX_TEACHER_FACTOR,
+    MAX_TEACHER_STEPS,
+    MIN_TEACHER_FACTOR,
+    fit_size_problem,
+    host_fields,
+    parse_history,
+    proof_summary,
+)
 
 log = logging.getLogger(__name__)
-
-MAX_TEXT_CHARS = 4000  # prompts are stored for reference only; the file format caps a value at 64k
-
-
-DEFAULT_TEACHER_FACTOR = 10
-MAX_TEACHER_FACTOR = 100
-MAX_TEACHER_STEPS = 2000  # steps x teacher sub-steps: the teacher's run (and the fit's memory) grows with it
-HISTORY_CHOICES = ("1", "2", "3", "auto")
-AUTO = "auto"
+PREFIX = "Distill λ (D-ODE): "
 
 
 class DistillRefusedError(ValueError):
@@ -35,9 +37,9 @@ class DistillRequest:
     teacher: "auto" (dode_core picks it) or the host label of a supported sampler. fit_schedule: let the fit
     choose the schedule too (the file then carries it). refused: why the job cannot run; the sampler function
     raises it, where the host shows it (the script runner swallows errors raised in ``process()``).
-    metadata: model, model_fingerprint, prompt, negative_prompt, cfg, seed, scheduler, host, ... (strings or
-    numbers; stored in the λ file). done: set once a sampler run has used the request, so later batches of
-    the same job sample with the new file instead of distilling again.
+    metadata: the model's identity fields (dode_core.file_rules), prompt, negative_prompt, cfg, seed, scheduler,
+    host, ... (strings or numbers; stored in the λ file, see dode_core.rules.host_fields). done: set once a sampler
+    run has used the request, so later batches of the same job sample with the new file instead of distilling again.
     """
 
     teacher_factor: int = DEFAULT_TEACHER_FACTOR
@@ -65,61 +67,44 @@ def parse_int(value, what: str, default: int, low: int, high: int) -> int:
         except (ValueError, OverflowError):
             number = None
     if number is None or not low <= number <= high:
-        raise DistillRefusedError(f"Distill λ (D-ODE): {what} must be a whole number from {low} to {high}; got "
+        raise DistillRefusedError(f"{PREFIX}{what} must be a whole number from {low} to {high}; got "
                                   f"{str(value)[:40]!r}.")
     return number
 
 
-def parse_history(value) -> int | str:
-    """"1", "2", "3" or "auto" (the accordion's choices; the API may send an int); None -> 1."""
+def history_terms(value) -> int | str:
+    """The history from the accordion ("1", "2", "3", "auto") or the API (an int); None -> 1
+    (dode_core.rules.parse_history)."""
     if value is None:
         return 1
-    text = str(value).strip().lower()
-    if text == AUTO:
-        return AUTO
-    return parse_int(value, "history terms per call", 1, 1, 8)
+    try:
+        return parse_history(value)
+    except ValueError as error:
+        raise DistillRefusedError(f"{PREFIX}{error}") from None
 
 
 def parse_distill_request(steps, teacher_factor, history, teacher, fit_schedule, teacher_labels) -> DistillRequest:
     """The request for a distill over ``steps`` steps from the accordion's (or the API's) values.
 
-    None values take the defaults. ``steps x teacher_factor`` is bounded by MAX_TEACHER_STEPS, so a request
-    cannot make the teacher run (and its memory) grow without bound. teacher: "auto" or one of
-    ``teacher_labels`` (the host labels of the samplers D-ODE supports). Raises DistillRefusedError.
+    None values take the defaults. The size of the fit is bounded as in every host (dode_core.rules.
+    fit_size_problem), so a request cannot make the teacher run (and its memory) grow without bound. teacher:
+    "auto" or one of ``teacher_labels`` (the host labels of the samplers D-ODE supports). Raises
+    DistillRefusedError.
     """
-    factor = parse_int(teacher_factor, "teacher sub-steps per step", DEFAULT_TEACHER_FACTOR, 2, MAX_TEACHER_FACTOR)
+    factor = parse_int(teacher_factor, "teacher sub-steps per step", DEFAULT_TEACHER_FACTOR, MIN_TEACHER_FACTOR,
+                       MAX_TEACHER_FACTOR)
     steps = parse_int(steps, "steps", 20, 2, MAX_TEACHER_STEPS)
-    if steps * factor > MAX_TEACHER_STEPS:
-        raise DistillRefusedError(
-            f"Distill λ (D-ODE): {steps} steps x {factor} teacher sub-steps = {steps * factor} teacher steps; at most "
-            f"{MAX_TEACHER_STEPS} are allowed. Use at most {MAX_TEACHER_STEPS // steps} sub-steps for {steps} steps, "
-            "or fewer steps."
-        )
+    too_large = fit_size_problem(steps, factor)
+    if too_large:
+        raise DistillRefusedError(PREFIX + too_large)
     teacher = AUTO if teacher is None or not str(teacher).strip() else str(teacher).strip()
     if teacher.lower() == AUTO:
         teacher = AUTO
     elif teacher not in teacher_labels:
-        raise DistillRefusedError(f"Distill λ (D-ODE): teacher {teacher[:60]!r} is not one of this host's supported "
+        raise DistillRefusedError(f"{PREFIX}teacher {teacher[:60]!r} is not one of this host's supported "
                                   f"samplers; choose auto or one of {', '.join(teacher_labels)}.")
-    return DistillRequest(teacher_factor=factor, history=parse_history(history), teacher=teacher,
+    return DistillRequest(teacher_factor=factor, history=history_terms(history), teacher=teacher,
                           fit_schedule=bool(fit_schedule) and str(fit_schedule).lower() != "false")
-
-
-def file_metadata(request: DistillRequest, reserved=()) -> dict[str, str]:
-    """The host metadata as strings; long texts cut to MAX_TEXT_CHARS; an unusable seed dropped; keys in
-    ``reserved`` (the fields dode_core writes, e.g. steps or base_sampler) never overridden."""
-    metadata = {}
-    for key, value in request.metadata.items():
-        if value is None or key in reserved or key in REQUIRED_FIELDS:
-            continue
-        text = str(value)
-        if key == "seed":
-            try:
-                text = str(int(value))
-            except (TypeError, ValueError):
-                continue
-        metadata[key] = text[:MAX_TEXT_CHARS]
-    return metadata
 
 
 def model_sigma_min(model) -> float | None:
@@ -144,8 +129,13 @@ def run_distill_job(model, x, sigmas, base_sampler, folder: str, request: Distil
     teacher_sampler: the teacher's function (None: dode_core's measured default). progress(done, total): after
     every model evaluation. check_interrupt(): called before it; raise from it to stop the job (nothing is
     written then). The file goes to ``folder`` under a new name (a counter is added instead of overwriting).
-    A fit that does not beat the base on held-out latents raises dode_core's NoGainError; no file is written.
+    A fit that does not beat the base on held-out latents raises dode_core's NoGainError; a batch too large for any
+    host (dode_core.rules.fit_size_problem) DistillRefusedError, before any model call; no file is written then.
     """
+
+    too_large = fit_size_problem(len(sigmas) - 1, request.teacher_factor, tuple(x.shape))
+    if too_large:  # the batch x latent size, as ComfyUI bounds it too
+        raise DistillRefusedError(PREFIX + too_large)
 
     def on_call(done: int, total: int) -> None:
         if check_interrupt is not None:
@@ -158,8 +148,8 @@ def run_distill_job(model, x, sigmas, base_sampler, folder: str, request: Distil
                   fit_schedule=request.fit_schedule, sigma_min=model_sigma_min(model))
     if check_interrupt is not None:
         check_interrupt()
-    metadata = file_metadata(request, reserved=lam.metadata)
-    stem = file_stem or lambda_file_stem(metadata.get("model", "model"), sampler_name(base_sampler),
+    metadata = host_fields(request.metadata, reserved=lam.metadata)
+    stem = file_stem or lambda_file_stem(metadata.get(CHECKPOINT_NAME, "model"), sampler_name(base_sampler),
                                          len(sigmas) - 1, metadata.get("scheduler", "automatic"),
                                          metadata.get("cfg"), request.history)
     path = lam.save_new(folder, stem, **metadata)

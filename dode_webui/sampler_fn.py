@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from dode_core import (
     DODEDenoiser,
+    FileChoice,
     LambdaFileError,
     Lambdas,
     NoGainError,
@@ -24,9 +25,10 @@ from dode_core import (
     cached_call_sigmas,
 )
 from dode_core.blackbox import sampler_name
+from dode_core.file_rules import ModelIdentity, model_identity, model_mismatch
 
 from .distill_job import DistillRefusedError, DistillRequest, run_distill_job
-from .lambda_files import LambdaResolutionError, Resolution, infotext_fields, resolve_lambdas
+from .lambda_files import LambdaResolutionError, infotext_fields, resolve_lambdas
 from .messages import for_the_error_box, schedule_refusal
 from .names import SamplerSpec
 
@@ -60,6 +62,7 @@ class RunContext:
     hijack_free:     the base sampler as run for probes, replays and the fit (no host random numbers)
     steps_requested: the steps the user asked for (the infotext's "Steps"), or None where the run's infotext steps
                      are not ours to correct (a hires pass)
+    model:           what the host knows of the checkpoint it samples with, to warn about a file fitted for another
     """
 
     folder: str
@@ -72,6 +75,7 @@ class RunContext:
     teacher_for: Callable[[str], Callable | None] = lambda label: None
     hijack_free: Callable[[Callable], Callable] = _identity
     steps_requested: int | None = None
+    model: ModelIdentity | None = None
 
 
 def sample_with(model, x, sigmas, base, quiet_base, lam: Lambdas, *, call_sigmas=None, extra_args=None, callback=None,
@@ -86,7 +90,7 @@ def sample_with(model, x, sigmas, base, quiet_base, lam: Lambdas, *, call_sigmas
                 **options)
 
 
-def distill_for_run(context: RunContext, model, x, sigmas, quiet_base, extra_args, options) -> Resolution:
+def distill_for_run(context: RunContext, model, x, sigmas, quiet_base, extra_args, options) -> FileChoice:
     """Run the pending distill job of ``context`` (raising its refusal, if any) and return the new file."""
     request = context.distill
     if request.refused:
@@ -103,8 +107,8 @@ def distill_for_run(context: RunContext, model, x, sigmas, quiet_base, extra_arg
     if request.heldout:
         context.infotext[INFOTEXT_HELDOUT] = request.heldout
     if lam.schedule_fitted:
-        return Resolution(path, lam, lam.schedule, f"fitted schedule of the λ file ({len(lam.schedule) - 1} steps)")
-    return Resolution(path, lam)
+        return FileChoice(path, lam, lam.schedule, f"fitted schedule of the λ file ({len(lam.schedule) - 1} steps)")
+    return FileChoice(path, lam)
 
 
 def note_steps(context: RunContext, sampled: int, host_steps: int) -> None:
@@ -139,7 +143,11 @@ def make_dode_sampler(spec: SamplerSpec, base_sampler: Callable[[], Callable], c
             raise schedule_refusal(error, spec.label, spec.base_label, steps, distilling) from None
         if distilling:
             return distill_for_run(context, model, x, sigmas, quiet_base, extra_args, options), None
-        return resolve_lambdas(context.folder, context.choice, sampler_name(base), call_sigmas, sigmas), call_sigmas
+        found = resolve_lambdas(context.folder, context.choice, sampler_name(base), call_sigmas, sigmas, x.shape)
+        if context.model is not None and (why := model_mismatch(model_identity(found.lam.metadata), context.model)):
+            log.warning("%s: λ file %s: %s; λ fitted for another model may make images worse: distill for this one.",
+                        spec.label, os.path.basename(found.path), why)
+        return found, call_sigmas
 
     def sample_dode(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
         context = context_for(model)

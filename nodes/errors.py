@@ -73,27 +73,19 @@ def what(error: BaseException, limit: int = 140) -> str:
 
 
 def listing(entries, limit: int = MAX_LISTED) -> list[str]:
-    """Lines for ``(name, description, shipped)`` entries: the user's files (at most ``limit``, then a count),
-    the shipped demo files in one line."""
-    own = [(name, description) for name, description, shipped in entries if not shipped]
-    demo = [name for name, _description, shipped in entries if shipped]
-    lines = [f"  {name}: {description}" for name, description in own[:limit]]
-    if len(own) > limit:
-        lines.append(f"  ... and {len(own) - limit} more of yours")
-    if demo:
-        lines.append(f"  {len(demo)} shipped demo file{'s' if len(demo) != 1 else ''} (lambdas/, for the embedded "
-                     "digits demo model; not for Stable Diffusion schedules)")
+    """Lines for ``(name, description)`` entries: at most ``limit``, then a count."""
+    lines = [f"  {name}: {description}" for name, description in entries[:limit]]
+    if len(entries) > limit:
+        lines.append(f"  ... and {len(entries) - limit} more")
     return lines or ["  (no λ files)"]
 
 
-def capped(message: str, shipped) -> str:
-    """dode_core's message with its file listing (lines '  name: description') capped as ``listing`` does;
-    ``shipped(name)`` says whether a file is one of the shipped demo files."""
+def capped(message: str) -> str:
+    """dode_core's message with its file listing (lines '  name: description') capped as ``listing`` does."""
     head, entries = [], []
     for line in message.splitlines():
         if line.startswith("  ") and ": " in line:
-            name, description = line.strip().split(": ", 1)
-            entries.append((name, description, shipped(name)))
+            entries.append(tuple(line.strip().split(": ", 1)))
         else:
             head.append(line)
     return "\n".join(head + (listing(entries) if entries else []))

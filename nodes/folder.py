@@ -11,17 +11,15 @@ from ._core import dode_core
 
 log = logging.getLogger(__name__)
 FOLDER = "dode_lambdas"
-EXTENSION = ".safetensors"
-SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lambdas")
+EXTENSION = dode_core.file_format.EXTENSION
 CONTENT_KEY = "content_key"
 
 
 def register_folder() -> None:
-    """Add ``<models>/dode_lambdas`` first and the shipped ``lambdas/`` last, keeping any path a user set in
-    extra_model_paths.yaml (loaded before custom nodes); only ``.safetensors`` files are listed."""
+    """Add ``<models>/dode_lambdas`` first, keeping any path a user set in extra_model_paths.yaml (loaded before
+    custom nodes); only ``.safetensors`` files are listed. The demo's λ files (dode_demo/lambdas) are for the demo
+    model only and are never listed here."""
     folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER), is_default=True)
-    if os.path.isdir(SHIPPED):
-        folder_paths.add_model_folder_path(FOLDER, SHIPPED)
     paths, _extensions = folder_paths.folder_names_and_paths[FOLDER]
     folder_paths.folder_names_and_paths[FOLDER] = (paths, {EXTENSION})
 
@@ -42,10 +40,6 @@ def full_path(name: str) -> str | None:
     return path if path and os.path.isfile(path) else None
 
 
-def is_shipped(path: str) -> bool:
-    return os.path.dirname(os.path.abspath(path)) == os.path.abspath(SHIPPED)
-
-
 def _mtime(path: str) -> int:
     try:
         return os.stat(path).st_mtime_ns
@@ -54,15 +48,15 @@ def _mtime(path: str) -> int:
 
 
 def ordered_files() -> list[tuple[str, str]]:
-    """``(name, path)`` of every λ file: the user's newest first, the shipped demo files last (they belong to
-    the embedded demo model and match no Stable Diffusion schedule)."""
+    """``(name, path)`` of every λ file, newest first: by modification time, then name, the order in which
+    "auto" prefers files (dode_core.file_rules.choose_file)."""
     entries = []
     for name in folder_paths.get_filename_list(FOLDER):
         path = full_path(name)
         if path is not None:
-            entries.append((is_shipped(path), -_mtime(path), name, path))
-    entries.sort()
-    return [(name, path) for _shipped, _time, name, path in entries]
+            entries.append((_mtime(path), name, path))
+    entries.sort(reverse=True)
+    return [(name, path) for _time, name, path in entries]
 
 
 def listing_state() -> str:
@@ -74,8 +68,6 @@ def find_by_content_key(key: str):
     """``(name, path, Lambdas)`` of the newest valid file whose metadata carries ``content_key == key``, or None.
     A file that fails to load is skipped (it cannot be the one we wrote)."""
     for name, path in ordered_files():
-        if is_shipped(path):
-            continue
         try:
             lam = dode_core.load_lambdas(path)
         except Exception as error:  # one bad file must not stop the search  # noqa: BLE001

@@ -1,15 +1,21 @@
-"""What a λ file was fitted for, as ComfyUI objects say it: model fingerprint, guidance, the inputs' content key,
-and names traced through the API prompt (checkpoint, scheduler, prompts)."""
+"""What a λ file was fitted for, as ComfyUI objects say it: the model (dode_core.file_rules' identity: the checkpoint
+file's sha256 and the loaded weights' digest), guidance, the inputs' content key, and names traced through the API
+prompt (checkpoint, scheduler, prompts); and the warnings when a file is used with another model or guidance."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 
 import torch
 
 from . import errors
+from ._core import dode_core
+
+log = logging.getLogger(__name__)
+file_rules = dode_core.file_rules
 
 SAMPLE_VALUES = 4096
 # guider attributes that hold guidance scales (CFGGuider.cfg, DualCFGGuider.cfg1/cfg2, PerpNeg.neg_scale, ...)
@@ -26,7 +32,7 @@ def _hash_tensor(digest, tensor: torch.Tensor, limit: int | None = SAMPLE_VALUES
         digest.update(flat.to("cpu", torch.float32).numpy().tobytes())
 
 
-def model_fingerprint(model_patcher) -> str:
+def weights_digest(model_patcher) -> str:
     """sha256 (16 hex) over the weights' names, shapes, dtypes and a strided sample of their values, plus the
     patches (LoRAs) applied; cheap on multi-GB checkpoints, different for different weights in practice.
     Cached per loaded model and patch set (ModelPatcher.patches_uuid changes when patches do)."""
@@ -41,8 +47,57 @@ def model_fingerprint(model_patcher) -> str:
     for patch_key in sorted(getattr(model_patcher, "patches", {}) or {}):
         strengths = [(p[0], p[2]) for p in model_patcher.patches[patch_key]]
         digest.update(f"patch:{patch_key}:{strengths}".encode())
-    _fingerprints[key] = digest.hexdigest()[:16]
+    _fingerprints[key] = digest.hexdigest()[:file_rules.WEIGHTS_DIGEST_DIGITS]
     return _fingerprints[key]
+
+
+def run_identity(model_patcher, checkpoint: str | None, checkpoint_path: str | None, *, weights: bool = True,
+                 checkpoint_hash: bool = True) -> dode_core.file_rules.ModelIdentity:
+    """The model of a run: the loaded weights' digest (``weights``), the checkpoint file's sha256 (``checkpoint_hash``,
+    where the file is known: computed once per file version, a few seconds for a multi-GB file) and its name."""
+    sha256 = None
+    if checkpoint_hash and checkpoint_path:
+        try:
+            sha256 = file_rules.file_sha256(checkpoint_path)
+        except OSError as error:
+            log.info("D-ODE: cannot hash the checkpoint %s (%s); its λ files record the weights' digest only",
+                     checkpoint_path, error)
+    return file_rules.ModelIdentity(checkpoint_sha256=sha256, checkpoint_name=checkpoint,
+                                    weights_digest=weights_digest(model_patcher) if weights else None)
+
+
+def mismatch_warnings(lam, guider_like, checkpoint_path: str | None = None) -> list[str]:
+    """Warnings when ``lam`` is used with another model than it was fitted for (file_rules.model_mismatch: like with
+    like, so a file the WebUI made for the same checkpoint passes) or other guidance. ``guider_like`` is a guider
+    (CFGGuider and kin) or None (nothing to compare); ``checkpoint_path`` the checkpoint it was traced to, if any:
+    hashed only for a file that records a checkpoint hash and no weights digest."""
+    if guider_like is None or not hasattr(guider_like, "model_patcher"):
+        return []
+    warnings = []
+    fitted = file_rules.model_identity(lam.metadata)
+    run = run_identity(guider_like.model_patcher, None, checkpoint_path, weights=bool(fitted.weights_digest),
+                       checkpoint_hash=bool(fitted.checkpoint_sha256 and not fitted.weights_digest))
+    why = file_rules.model_mismatch(fitted, run)
+    if why:
+        warnings.append(f"! {why}: λ from another model may make images worse; distill for this model.")
+    try:
+        fitted_scales = json.loads(lam.metadata.get("guidance") or "null")
+    except ValueError:
+        fitted_scales = None
+    if fitted_scales is None and lam.metadata.get("cfg"):
+        try:
+            fitted_scales = {"cfg": float(lam.metadata["cfg"])}
+        except ValueError:
+            fitted_scales = None
+    if isinstance(fitted_scales, dict):
+        scales = guidance(guider_like)
+        differing = [f"{k} {scales[k]:g} (fitted with {float(v):g})" for k, v in sorted(fitted_scales.items())
+                     if k in scales and isinstance(v, (int, float)) and not math.isclose(scales[k], float(v),
+                                                                                          rel_tol=1e-3)]
+        if differing:
+            warnings.append("! guidance differs from the fit: " + ", ".join(differing) +
+                            ": λ fitted for one guidance may make images worse at another; distill for it.")
+    return warnings
 
 
 def _hash_value(digest, value, depth: int = 0) -> None:
@@ -117,7 +172,9 @@ def latent_digest(samples: torch.Tensor) -> str:
 
 # --- the API prompt ------------------------------------------------------------------------------------------
 TEXT_KEYS = ("text", "text_g", "t5xxl", "clip_l")
-MODEL_NAME_KEYS = ("ckpt_name", "unet_name", "model_name", "gguf_name")
+# loader input -> the model folders (folder_paths) its file is looked up in
+MODEL_NAME_KEYS = {"ckpt_name": ("checkpoints",), "unet_name": ("diffusion_models", "unet_gguf"),
+                   "model_name": (), "gguf_name": ("unet_gguf", "diffusion_models")}
 
 
 def _upstream(prompt, link, wanted, limit: int = 64):
@@ -148,15 +205,29 @@ def traced(prompt, unique_id, input_name: str, wanted):
     return _upstream(prompt, link, wanted)
 
 
-def checkpoint_name(prompt, unique_id, input_name: str):
-    """The checkpoint / UNet file upstream of ``input_name`` (ckpt_name, unet_name, ...), or None."""
+def checkpoint_file(prompt, unique_id, input_name: str) -> tuple[str | None, str | None]:
+    """The checkpoint / UNet file upstream of ``input_name`` (ckpt_name, unet_name, ...): ``(name, path)``, the path
+    None where the file is not in a known model folder; ``(None, None)`` where no loader is upstream."""
     def wanted(_class_type, inputs):
-        for key in MODEL_NAME_KEYS:
+        for key, folders in MODEL_NAME_KEYS.items():
             if isinstance(inputs.get(key), str):
-                return inputs[key]
+                return inputs[key], folders
         return None
 
-    return traced(prompt, unique_id, input_name, wanted)
+    found = traced(prompt, unique_id, input_name, wanted)
+    if found is None:
+        return None, None
+    name, folders = found
+    import folder_paths
+
+    for folder in folders:
+        try:
+            path = folder_paths.get_full_path(folder, name)
+        except (TypeError, ValueError, OSError):
+            path = None
+        if path:
+            return name, path
+    return name, None
 
 
 def scheduler_name(prompt, unique_id, input_name: str):
@@ -172,16 +243,12 @@ def scheduler_name(prompt, unique_id, input_name: str):
     return traced(prompt, unique_id, input_name, wanted)
 
 
-PROMPT_CHARS = 4000  # as the WebUI path: a λ file's metadata values are bounded (lambdas/README.md)
-
-
 def prompt_text(prompt, unique_id, input_name: str) -> str:
-    """The text of the first text-encode node upstream of ``input_name``, where the prompt has one (at most
-    PROMPT_CHARS characters)."""
+    """The text of the first text-encode node upstream of ``input_name``, where the prompt has one."""
     def wanted(_class_type, inputs):
         for key in TEXT_KEYS:
             if isinstance(inputs.get(key), str):
                 return inputs[key]
         return None
 
-    return (traced(prompt, unique_id, input_name, wanted) or "")[:PROMPT_CHARS]
+    return traced(prompt, unique_id, input_name, wanted) or ""

@@ -1,8 +1,8 @@
 """Opt-in (DODE_KSAMPLER_ENTRIES=1): "dode_<sampler>" entries in the plain KSampler dropdown.
 
 Off by default: it mutates ComfyUI's global sampler lists, which other packs snapshot (COMBO links then break
-with "Return type mismatch"), and the plain KSampler cannot say which λ file to use; these entries pick the
-newest file in models/dode_lambdas whose base sampler and model-call sigmas match the run. The entries are the
+with "Return type mismatch"), and the plain KSampler cannot say which λ file to use; these entries use the file
+"auto" picks in models/dode_lambdas for their base sampler (dode_core.file_rules.choose_file). The entries are the
 samplers the nodes offer (nodes/samplers.py: ComfyUI's own list filtered by dode_core), never a hand-kept list.
 """
 
@@ -20,27 +20,28 @@ def enabled() -> bool:
 
 
 def _auto_function(base_name: str):
-    import folder_paths
-
     from . import errors, samplers
     from ._core import dode_core
-    from .folder import FOLDER, SHIPPED
+    from .folder import ordered_files
 
     base = samplers.host_sampler(base_name).sampler_function
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
         call_sigmas = dode_core.cached_call_sigmas(model, x, sigmas, base, extra_args=extra_args, options=options)
-        paths = [path for path in (folder_paths.get_full_path(FOLDER, name)
-                                   for name in folder_paths.get_filename_list(FOLDER)) if path]
+        paths = [path for _name, path in ordered_files()]
         try:
-            path, lam = dode_core.newest_matching(paths, base_name, call_sigmas)
+            choice = dode_core.choose_file(paths, dode_core.same_sampler(base_name, call_sigmas), sigmas.tolist(),
+                                           latent_shape=tuple(x.shape))
         except dode_core.ScheduleMismatchError as error:
             raise errors.ScheduleMismatchError(
                 f"dode_{base_name}: no λ file fits this run. Distill one for this schedule with 'Distill λ (D-ODE)' "
                 f"(sampler {base_name}), or use the D-ODE Sampler with a file and its sigmas output.",
-                errors.capped(str(error), lambda name: os.path.isfile(os.path.join(SHIPPED, name)))) from error
-        log.info("dode_%s: using %s", base_name, os.path.basename(path))
-        return dode_core.sample(model, x, sigmas, base, lam, extra_args=extra_args, callback=callback,
+                errors.capped(str(error))) from error
+        if choice.schedule is not None:
+            sigmas = choice.schedule.to(device=sigmas.device, dtype=sigmas.dtype)
+        log.info("dode_%s: using %s%s", base_name, os.path.basename(choice.path),
+                 f", sampling on the {choice.note}" if choice.note else "")
+        return dode_core.sample(model, x, sigmas, base, choice.lam, extra_args=extra_args, callback=callback,
                                 disable=disable, **options)
 
     sample.__name__ = f"sample_dode_{base_name}"

@@ -16,7 +16,6 @@ from . import errors
 from ._core import dode_core
 
 log = logging.getLogger(__name__)
-AUTO = "auto"
 OWN_PREFIX = "dode_"  # our own opt-in KSampler entries are never a base sampler
 
 
@@ -61,4 +60,4 @@ def resolve(name: str):
 
 
 def teacher_choices() -> list[str]:
-    return [AUTO, *supported_samplers()]
+    return [dode_core.rules.AUTO, *supported_samplers()]

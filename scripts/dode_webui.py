@@ -40,6 +40,8 @@ import types
 from modules import script_callbacks, scripts
 
 from dode_core import refusal_reason
+from dode_core.file_rules import ModelIdentity
+from dode_core.rules import AUTO, DEFAULT_TEACHER_FACTOR, HISTORY_CHOICES, MIN_TEACHER_FACTOR
 from dode_webui import (
     LAMBDAS_FOLDER_NAME,
     PROBE_MODEL,
@@ -56,7 +58,6 @@ from dode_webui import (
     show_own_logs,
     spec_for_label,
 )
-from dode_webui.distill_job import HISTORY_CHOICES
 from dode_webui.messages import not_distillable
 
 log = logging.getLogger("dode_webui")
@@ -146,7 +147,7 @@ def refusal(function):
 
 def teacher_function(label: str):
     """The host's function for a teacher label from the accordion; None for "auto" (dode_core chooses)."""
-    spec = spec_for_label(label, OFFERED) if label and label != "auto" else None
+    spec = spec_for_label(label, OFFERED) if label and label != AUTO else None
     return None if spec is None else resolve_function(spec.funcname)
 
 
@@ -164,14 +165,24 @@ def first(values, fallback):
     return values[0] if values else fallback
 
 
-def run_metadata(p) -> dict:
-    """What the λ file records about the run: checkpoint, prompts, cfg, seed, scheduler, size, host."""
+def checkpoint_identity(p) -> ModelIdentity:
+    """The checkpoint the host samples with, as A1111, Forge and reForge know it (modules/sd_models.py CheckpointInfo):
+    its sha256 where the host has computed it, else its short hash (the first 10 hex digits; ``p.sd_model_hash`` is
+    the same), and its name. The host caches its hashes; nothing is hashed here."""
     from modules import shared
 
     checkpoint = getattr(getattr(shared, "sd_model", None), "sd_checkpoint_info", None)
+    return ModelIdentity(
+        checkpoint_sha256=getattr(checkpoint, "sha256", None) or getattr(checkpoint, "shorthash", None)
+        or getattr(p, "sd_model_hash", None),
+        checkpoint_name=getattr(checkpoint, "name", None) or getattr(p, "sd_model_name", None))
+
+
+def run_metadata(p) -> dict:
+    """What the λ file records about the run: checkpoint (dode_core.file_rules' keys), prompts, cfg, seed,
+    scheduler, size, host."""
     return {
-        "model": getattr(checkpoint, "model_name", None) or getattr(p, "sd_model_name", None),
-        "model_fingerprint": getattr(checkpoint, "shorthash", None) or getattr(p, "sd_model_hash", None),
+        **checkpoint_identity(p).fields(),
         "prompt": first(getattr(p, "prompts", None), getattr(p, "prompt", "")),
         "negative_prompt": first(getattr(p, "negative_prompts", None), getattr(p, "negative_prompt", "")),
         "cfg": getattr(p, "cfg_scale", None),
@@ -189,7 +200,7 @@ def run_context(model) -> RunContext:
     from modules import shared
 
     p = getattr(model, "p", None)
-    choice = getattr(p, "dode_lambdas", None) or shared.opts.data.get(OPTION_LAMBDAS_FILE, "auto")
+    choice = getattr(p, "dode_lambdas", None) or shared.opts.data.get(OPTION_LAMBDAS_FILE, AUTO)
     request = getattr(p, "dode_distill", None)
     if request is not None and getattr(p, "is_hr_pass", False) and not request.refused:
         request = None  # the hires pass samples with λ for its own schedule; it is not distilled
@@ -203,7 +214,8 @@ def run_context(model) -> RunContext:
     return RunContext(folder=lambdas_folder(), choice=choice, distill=request, infotext=infotext,
                       progress=progress, end_progress=progress.restore, check_interrupt=check_interrupt,
                       teacher_for=teacher_function, hijack_free=quiet,
-                      steps_requested=getattr(p, "steps", None) if first_pass else None)
+                      steps_requested=getattr(p, "steps", None) if first_pass else None,
+                      model=checkpoint_identity(p) if p is not None else None)
 
 
 def host_log_level() -> str | None:
@@ -281,7 +293,7 @@ def register_samplers() -> list[str]:
 # ---- settings -------------------------------------------------------------------------------------------------
 
 def lambda_file_choices() -> dict:
-    return {"choices": ["auto", *list_lambda_files(lambdas_folder())]}
+    return {"choices": [AUTO, *list_lambda_files(lambdas_folder())]}
 
 
 def on_ui_settings() -> None:
@@ -289,7 +301,7 @@ def on_ui_settings() -> None:
     from modules import shared
 
     shared.opts.add_option(OPTION_LAMBDAS_FILE, shared.OptionInfo(
-        "auto",
+        AUTO,
         "D-ODE λ file (models/dode_lambdas; auto = the newest file whose sampler and schedule match the run)",
         gr.Dropdown, lambda_file_choices, refresh=lambda: None, section=("dode", "D-ODE"),
     ))
@@ -351,18 +363,18 @@ class DodeScript(scripts.Script):
                                         "setting, 'auto' = newest matching file)", value="")
             distill = gr.Checkbox(label="Distill λ on this run (prompt, CFG, size, scheduler and steps of this "
                                         "run; batch size = fit batch)", value=False, visible=not is_img2img)
-            teacher_factor = gr.Slider(minimum=2, maximum=20, step=1, value=10, label="Teacher sub-steps per step",
-                                       visible=not is_img2img)
+            teacher_factor = gr.Slider(minimum=MIN_TEACHER_FACTOR, maximum=20, step=1, value=DEFAULT_TEACHER_FACTOR,
+                                       label="Teacher sub-steps per step", visible=not is_img2img)
             history = gr.Dropdown(list(HISTORY_CHOICES), value="1", label="History terms per call",
                                   visible=not is_img2img)
-            teacher = gr.Dropdown(["auto", *[spec.base_label for spec in OFFERED]], value="auto", label="Teacher",
+            teacher = gr.Dropdown([AUTO, *[spec.base_label for spec in OFFERED]], value=AUTO, label="Teacher",
                                   visible=not is_img2img)
             fit_schedule = gr.Checkbox(label="Fit the schedule too (the λ file then carries its own sigmas)",
                                        value=False, visible=not is_img2img)
         self.infotext_fields = [(override, "D-ODE lambdas")]
         return [override, distill, teacher_factor, history, teacher, fit_schedule]
 
-    def process(self, p, override="", distill=False, teacher_factor=10, history="1", teacher="auto",
+    def process(self, p, override="", distill=False, teacher_factor=DEFAULT_TEACHER_FACTOR, history="1", teacher=AUTO,
                 fit_schedule=False, *_more):
         p.dode_lambdas = str(override or "").strip() or None
         wanted = bool(distill) and str(distill).lower() != "false"

@@ -1,4 +1,5 @@
-"""The main job (``python -m dode_core demo``) end to end at a small size, and ``inspect`` on good and bad files."""
+"""The main job (``python -m dode_demo``, ``bash run.sh demo``) end to end at a small size, and ``inspect`` on good and
+bad files."""
 
 import glob
 import os
@@ -13,15 +14,15 @@ from conftest import ROOT
 from PIL import Image
 
 from dode_core import distill, load_lambdas
-from dode_core.cli import main
+from dode_demo.cli import main
 
-SHIPPED = sorted(glob.glob(os.path.join(ROOT, "lambdas", "*.safetensors")))
+SHIPPED = sorted(glob.glob(os.path.join(ROOT, "dode_demo", "lambdas", "*.safetensors")))
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("report"))
-    assert main(["demo", "--samplers", "euler,dpmpp_2m", "--nfe", "6", "--batch", "16", "--eval-batch", "32",
+    assert main(["--samplers", "euler,dpmpp_2m", "--nfe", "6", "--batch", "16", "--eval-batch", "32",
                  "--teacher-factor", "4", "--out", out]) == 0
     return out
 
@@ -54,7 +55,8 @@ def test_the_demo_writes_a_complete_report(report, capsys):
                                                     "demo-digits16_euler_6steps_karras_hauto.safetensors"]
     for path in files:
         lam = load_lambdas(path)
-        assert lam.metadata["model"] == "dode demo digits16" and len(lam.metadata["model_fingerprint"]) == 16
+        assert lam.metadata["model"] == "dode demo digits16" and len(lam.metadata["checkpoint_sha256"]) == 64
+        assert lam.metadata["checkpoint_name"] == "digits16.safetensors"
         assert lam.schedule_fitted == ("fitted" in os.path.basename(path))
 
 
@@ -84,15 +86,16 @@ def test_a_fitted_schedule_beats_karras_at_the_same_calls(report):
     (["--nfe", "1"], "argument --nfe: expected model-call budgets from 2 to 100"),
     (["--samplers", "euler_ancestral"], "unknown sampler(s) euler_ancestral; choose from dpm_2, dpmpp_2m, euler, "
                                         "heun, lms (the deterministic samplers of k-diffusion, read at run time)"),
-    (["--history", "9"], "argument --history: expected 1, 2, 3 or auto, got '9'"),
-    (["--batch", "0"], "argument --batch: expected an integer >= 1, got 0"),
+    (["--history", "9"], "argument --history: expected one of 1, 2, 3, auto, got '9'"),
+    (["--batch", "3"], "argument --batch: expected an integer >= 4, got 3"),
+    (["--teacher-factor", "1"], "argument --teacher-factor: expected an integer >= 2, got 1"),
 ])
 def test_bad_flags_give_a_usage_error_not_a_traceback(capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
-        main(["demo", *flags])
+        main(flags)
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
-    assert "usage: python -m dode_core demo" in error and message in error and "Traceback" not in error
+    assert "usage: python -m dode_demo" in error and message in error and "Traceback" not in error
 
 
 def run_inspect(*paths):
@@ -101,7 +104,7 @@ def run_inspect(*paths):
 
 
 def test_every_shipped_lambda_file_is_valid():
-    assert SHIPPED, "lambdas/ ships the demo model's λ files"
+    assert SHIPPED, "dode_demo/lambdas/ holds the demo model's λ files"
     result = run_inspect(*SHIPPED)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("VALID ") == len(SHIPPED)

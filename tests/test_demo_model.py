@@ -1,4 +1,4 @@
-"""The embedded demo denoiser (dode_core.demo): the shipped weights load, denoise real digits well, and sample
+"""The embedded demo denoiser (dode_demo): the shipped weights load, denoise real digits well, and sample
 digits.
 
 Margins were set from measurements of the shipped weights (seed 0, 2000 steps), noted at each assert.
@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 
-from dode_core.demo import DemoDenoiser, demo_data, load_demo_model
-from dode_core.demo.model import WEIGHTS_PATH
+from dode_demo import DemoDenoiser, demo_data, load_demo_model
+from dode_demo.model import WEIGHTS_PATH
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,7 +52,7 @@ def test_shipped_weights_load_small_and_frozen(model):
 
 
 def test_missing_weights_raise_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m dode_core.demo.train"):
+    with pytest.raises(FileNotFoundError, match="python -m dode_demo.train"):
         load_demo_model(path=str(tmp_path / "absent.safetensors"))
 
 

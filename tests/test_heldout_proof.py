@@ -90,7 +90,7 @@ def test_the_claims_spread_is_its_standard_error_by_the_delta_method():
 
 
 def test_a_fit_never_delivers_lambdas_a_file_could_not_hold(K, karras, x_start, monkeypatch):
-    """λ beyond lambdas_file.MAX_ABS_LAMBDA come from a near-degenerate direction: that call is left uncorrected.
+    """λ beyond file_format.MAX_ABS_LAMBDA come from a near-degenerate direction: that call is left uncorrected.
     With the bound made tiny, every call is, and the proof then has no gain to show."""
     monkeypatch.setattr(dode_core.crossfit, "MAX_ABS_LAMBDA", 1e-12)
     with pytest.raises(NoGainError, match="D-ODE did not beat the base sampler 'euler'"):

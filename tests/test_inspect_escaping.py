@@ -8,7 +8,7 @@ import unicodedata
 from conftest import ROOT
 from lambda_bytes import parts, raw_file, valid_lambdas
 
-from dode_core.lambdas_file import printable
+from dode_core.text import printable
 
 FORGED = "VALID /home/you/models/trusted.safetensors"
 # C0 (BEL, NUL, CR, LF, ESC + CSI/OSC), DEL, C1 (CSI), bidi override, line separator, zero-width joiner

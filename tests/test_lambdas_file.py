@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from dode_core import LambdaFileError, Lambdas, ScheduleMismatchError, distill, load_lambdas, sample
-from dode_core.lambdas_file import MAX_FILE_BYTES
+from dode_core.file_format import MAX_FILE_BYTES
 from models import GaussianDenoiser
 
 
@@ -176,22 +176,6 @@ def test_saving_cannot_overwrite_what_the_fit_wrote(tmp_path, lam):
     with pytest.raises(LambdaFileError, match=r"fields \['steps', 'call_sigmas'\] are written by the fit"):
         lam.save(tmp_path / "x.safetensors", steps=9, call_sigmas=[1.0], cfg=7)
     assert os.listdir(tmp_path) == []
-
-
-def test_newest_matching_picks_the_newest_fitting_file_and_lists_all_otherwise(tmp_path, lam):
-    from dode_core import newest_matching
-
-    old, new = lam.save(tmp_path / "old.safetensors"), lam.save(tmp_path / "new.safetensors")
-    os.utime(old, ns=(1_000_000_000 * 10**9,) * 2)
-    other_schedule = Lambdas(lam.lambdas, (80.0, 4.0, 0.5), {"base_sampler": "euler", "steps": "3"})
-    other = other_schedule.save(tmp_path / "o.safetensors")
-    path, found = newest_matching([old, new, other], "euler", [80.0, 5.0, 0.5])
-    assert path == new and torch.equal(found.lambdas, lam.lambdas)
-    with pytest.raises(ScheduleMismatchError) as error:
-        newest_matching([old, other], "heun", [80.0, 5.0, 0.5])
-    message = str(error.value)
-    assert "no D-ODE λ file fits this run (heun, 3 calls at [80, 5, 0.5])" in message
-    assert "o.safetensors: euler, 3 steps, 3 calls at [80, 4, 0.5]" in message
 
 
 def test_save_new_never_overwrites_and_cannot_leave_the_folder(tmp_path, lam):

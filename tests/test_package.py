@@ -17,7 +17,7 @@ PRODUCT_FILES = ("__init__.py", "install.py", "requirements.txt", "pyproject.tom
                  "scripts/dode_webui.py", "lambdas/README.md", "example_workflows/dode_distill_then_sample.json",
                  "web/docs/DODEDistillGuider.md", "web/docs/DODEDistill.md", "web/docs/DODESampler.md")
 NEVER_SHIPPED = ("tests/", "bench/", ".ci/", ".github/", "tools/", "run.sh", "requirements-dev.txt",
-                 "requirements-comfy-test.txt", ".gitignore", ".comfyignore")
+                 "requirements-comfy-test.txt", ".gitignore", ".comfyignore", "dode_demo/")
 
 
 def load_install():
@@ -56,10 +56,6 @@ def test_host_requirements_never_pin_torch_or_pull_k_diffusion():
     with open(os.path.join(ROOT, "requirements.txt")) as handle:
         names = [line.split("#")[0].strip().lower() for line in handle if line.split("#")[0].strip()]
     assert not any(name.startswith(("torch", "k-diffusion", "numpy")) for name in names), names
-
-
-def test_install_finds_nothing_missing_here():
-    assert load_install().missing_requirements() == []
 
 
 def test_install_reads_specifiers_markers_and_never_installs_what_the_host_owns(tmp_path, monkeypatch):
@@ -114,7 +110,8 @@ def test_the_registry_pack_holds_the_product_and_no_tests_or_tooling():
     tracked = set(subprocess.run(["git", "-C", ROOT, "ls-files"], capture_output=True, text=True).stdout.split())
     absent = [path for path in PRODUCT_FILES if path in tracked and path not in files]
     assert not absent, f"left out of the pack: {absent}"
-    assert any(path.startswith("lambdas/") and path.endswith(".safetensors") for path in files)
+    # the demo's λ files belong to the demo model: ComfyUI would list shipped ones beside the user's
+    assert not [path for path in files if path.endswith(".safetensors") and path.startswith("lambdas/")]
 
 
 def test_the_includes_in_pyproject_are_the_ones_the_pack_check_uses():

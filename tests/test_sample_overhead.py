@@ -192,9 +192,7 @@ def test_a_per_channel_file_for_another_latent_format_is_refused_before_the_firs
     model = Counting(GaussianDenoiser())
     with pytest.raises(ValueError) as error:
         sample(model, latent(channels=4), sigmas, K.sample_euler, lam, disable=True)
-    assert str(error.value) == (
-        "the λ file has one λ per latent channel for 64 channels, but this latent (shape (3, 4, 4, 4)) has 4 "
-        "channels. Per-channel λ belong to one model's latent format: use a λ file distilled with this model.")
+    assert "64 channels" in str(error.value) and "(3, 4, 4, 4)" in str(error.value)
     assert model.calls == 0
     # the wrapper on its own checks too, before calling the model
     with pytest.raises(ValueError, match="for 64 channels, but this latent"):
@@ -219,10 +217,8 @@ def test_a_correction_that_overflows_raises_naming_the_call_and_its_sigma(K, kar
     model = Counting(GaussianDenoiser())
     with pytest.raises(ValueError) as error:
         sample(model, latent(), sigmas, K.sample_euler, lam, disable=True)
-    assert str(error.value) == (
-        "the D-ODE correction made the output of model call 2 (sigma 0.47) non-finite: λ = [1e+30] times the "
-        "differences of the model's outputs exceed the range of torch.float32. These λ cannot have been fitted "
-        "for this model and schedule; distill λ for them.")
+    message = str(error.value)
+    assert "model call 2" in message and "sigma 0.47" in message and "non-finite" in message and "1e+30" in message
     assert model.calls == 3  # it stops at the call that went wrong
 
 

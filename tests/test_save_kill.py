@@ -1,6 +1,6 @@
 """Saves under SIGKILL (issue 12): a child process saves λ files in a loop and is killed at seeded random moments.
-A final name must never show an empty or partial file, neither while the child runs nor after the kill, and the
-temp files killed saves leave behind are removed by the next save in that folder."""
+A final name must never show an empty or partial file, neither while the child runs nor after the kill; the temp
+files killed saves leave behind are no λ files (hosts list *.safetensors) and go with a later save once stale."""
 
 import multiprocessing
 import os
@@ -14,7 +14,8 @@ import save_worker
 from conftest import ROOT
 
 from dode_core import load_lambdas
-from dode_core.lambdas_file import EXTENSION, TEMP_PREFIX
+from dode_core.file_format import EXTENSION
+from dode_core.saving import STALE_TEMP_SECONDS, TEMP_PREFIX
 
 KILLS = 32
 SEED = 12
@@ -39,12 +40,12 @@ def empty_finals(folder: str) -> list[str]:
     return empty
 
 
-def wait_until_saving(folder: str, pid: int, seconds: float = 60.0) -> None:
-    """Until the child's first temp file (named with its pid) or first final file shows up."""
+def wait_until_saving(folder: str, pid: int, before: set, seconds: float = 60.0) -> None:
+    """Until the child's first temp file (one not in ``before``) or first final file shows up."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         names = os.listdir(folder)
-        if any(f"-{pid}-" in name for name in names) or any(name.endswith(EXTENSION) for name in names):
+        if set(temp_files(folder)) - before or any(name.endswith(EXTENSION) for name in names):
             return
         time.sleep(0.002)
     raise AssertionError(f"the saving child {pid} wrote nothing in {seconds} s")
@@ -66,7 +67,7 @@ def test_a_save_killed_at_any_moment_leaves_a_complete_file_or_none(tmp_path, mo
         child = context.Process(target=save_worker.save_forever, args=(folder, round_), daemon=True)
         child.start()
         try:
-            wait_until_saving(folder, child.pid)
+            wait_until_saving(folder, child.pid, set(temp_files(folder)))
             kill_at = time.monotonic() + rng.uniform(0.0, 0.3)
             while time.monotonic() < kill_at:  # while it saves, a final name is complete or absent
                 empty_seen += empty_finals(folder)
@@ -89,6 +90,10 @@ def test_a_save_killed_at_any_moment_leaves_a_complete_file_or_none(tmp_path, mo
     assert loaded >= KILLS, loaded  # the children did save
     assert kills_with_temp_left >= 1, "no kill landed inside a save; the test did not test anything"
     left = temp_files(folder)
+    assert all(name.endswith(".tmp") for name in left)
+    stale = time.time() - 2 * STALE_TEMP_SECONDS
+    for name in left:
+        os.utime(os.path.join(folder, name), (stale, stale))
     save_worker.lambdas_of_size(3, 2, 0, seed=0).save_new(folder, "after")
-    assert temp_files(folder) == [], f"temp files the next save should have removed (of {left})"
+    assert temp_files(folder) == [], f"stale temp files the next save should have removed (of {left})"
     assert final_files(folder) == ["after.safetensors"]

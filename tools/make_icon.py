@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "docs", "icon.png")
-LAMBDAS = os.path.join(ROOT, "lambdas", "demo-digits16_euler_8steps_karras_hauto.safetensors")
+LAMBDAS = os.path.join(ROOT, "dode_demo", "lambdas", "demo-digits16_euler_8steps_karras_hauto.safetensors")
 SIZE = 400
 SCALE = 4  # drawn large, then downsampled: smooth edges without an antialiasing backend
 BACKGROUND = (22, 27, 45)

@@ -81,9 +81,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     torch.set_grad_enabled(False)  # the demo model is an nn.Module
     if args.model == "demo":
-        from dode_core.demo import load_demo_model
-        from dode_core.demo.model import SIGMA_MAX as sigma_max
-        from dode_core.demo.model import SIGMA_MIN as sigma_min
+        from dode_demo import load_demo_model
+        from dode_demo.model import SIGMA_MAX as sigma_max
+        from dode_demo.model import SIGMA_MIN as sigma_min
 
         denoiser, size = load_demo_model(), 16
     else:

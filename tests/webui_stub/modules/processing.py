@@ -35,7 +35,7 @@ class StableDiffusionProcessingTxt2Img:
     sampler_noise_scheduler_override: object = None
     is_hr_pass: bool = False
     sd_model_name: str = "tiny"
-    sd_model_hash: str = "abc123"
+    sd_model_hash: str = "abc1234567"  # the checkpoint's short hash: 10 hex digits
     extra_generation_params: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -13,7 +13,7 @@ a sinusoidal embedding of c_noise added in each block). The data are scikit-lear
 and upsampled to 16x16 (see :func:`demo_data`); the network was trained for sigma in
 [``SIGMA_MIN``, ``SIGMA_MAX``] = [0.002, 80], the usual EDM range. Outside it the outputs are not meaningful.
 
-The weights (``digits16.safetensors``, next to this file) are produced by ``python -m dode_core.demo.train``
+The weights (``digits16.safetensors``, next to this file) are produced by ``python -m dode_demo.train``
 and read with ``safetensors.torch.load_file``, never with pickle. This module needs only torch (and
 safetensors to load the weights); scikit-learn is imported only inside :func:`demo_data`.
 """
@@ -161,8 +161,8 @@ def load_demo_model(device="cpu", path: str | None = None) -> DemoDenoiser:
     path = WEIGHTS_PATH if path is None else path
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"the demo denoiser's weights are missing: {path!r}. They ship with dode_core; to rebuild them "
-            "(a few minutes on a CPU) run: python -m dode_core.demo.train"
+            f"the demo denoiser's weights are missing: {path!r}. They ship with dode_demo; to rebuild them "
+            "(a few minutes on a CPU) run: python -m dode_demo.train"
         )
     state = {name: tensor.float() for name, tensor in load_file(path, device="cpu").items()}
     model = DemoDenoiser()

@@ -1,6 +1,6 @@
 """Train the embedded demo denoiser (``digits16.safetensors``) from scratch, reproducibly, on a CPU.
 
-    python -m dode_core.demo.train [--steps N] [--seed S] [--out PATH] [--batch B] [--threads T]
+    python -m dode_demo.train [--steps N] [--seed S] [--out PATH] [--batch B] [--threads T]
 
 EDM training (Karras et al. 2022): sigma log-normal with P_mean = -1.2, P_std = 1.2, loss weight
 (sigma^2 + sd^2) / (sigma * sd)^2 on |D(y + sigma n, sigma) - y|^2, Adam (lr 2e-3, a short warm-up, then a
@@ -29,7 +29,7 @@ import torch
 
 from .model import SIGMA_DATA, WEIGHTS_PATH, DemoDenoiser, demo_data
 
-log = logging.getLogger("dode_core.demo.train")
+log = logging.getLogger("dode_demo.train")
 
 P_MEAN, P_STD = -1.2, 1.2
 DEFAULT_STEPS = 2000
@@ -126,7 +126,7 @@ def save(model: DemoDenoiser, path: str, metadata: dict[str, str]) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dode_core.demo.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dode_demo.train", description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps (default %(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed (default %(default)s)")
     parser.add_argument("--out", default=WEIGHTS_PATH, help="where to write the weights (default: the shipped file)")

@@ -9,7 +9,6 @@ plot of λ and of the fit error per call, the table as markdown, and the λ file
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import os
@@ -17,8 +16,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import NoGainError, SamplerRefusedError, distill, sample
-from ..blackbox import probe_call_sigmas, refusal_reason
+from dode_core import NoGainError, SamplerRefusedError, distill, sample
+from dode_core.blackbox import probe_call_sigmas, refusal_reason
+from dode_core.file_rules import ModelIdentity, file_sha256
+from dode_core.karras import karras
+
 from .model import SIGMA_MAX, SIGMA_MIN, WEIGHTS_PATH, demo_data, load_demo_model
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ REFERENCE_SAMPLER, REFERENCE_STEPS = "heun", 60
 FD_COMPONENTS = 16
 GRID_SAMPLES = 8
 SCHEDULES = ("karras", "fitted")
+MODEL_NAME = "dode demo digits16"
 
 
 @dataclass
@@ -59,8 +62,7 @@ def fittable_samplers(module) -> dict[str, object]:
 
 def karras_sigmas(steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = 7.0):
     """The Karras et al. (2022) schedule, ``steps + 1`` sigmas ending at 0 (as k-diffusion's get_sigmas_karras)."""
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-    sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    sigmas = karras(sigma_max, sigma_min, steps, rho)
     return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
 
 
@@ -93,11 +95,6 @@ def frechet_distance(samples: torch.Tensor, data: torch.Tensor, components: int 
     root_a = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
     cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
     return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
-
-
-def weights_fingerprint(path: str = WEIGHTS_PATH) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()[:16]
 
 
 def run_demo(samplers, budgets, *, batch: int, eval_batch: int, teacher_factor: int, history, seed: int,
@@ -146,8 +143,9 @@ def _evaluate(model, lam, sampler, name, schedule, steps, eval_noise, reference,
     sigmas = lam.schedule.float()
     path = os.path.join(lambda_dir, f"demo-digits16_{name}_{steps}steps_{schedule}_h{lam.metadata['history_mode']}"
                                     ".safetensors")
-    lam.save(path, model="dode demo digits16", model_fingerprint=weights_fingerprint(), prediction="edm",
-             scheduler=schedule, seed=seed, cfg=1.0)
+    identity = ModelIdentity(checkpoint_sha256=file_sha256(WEIGHTS_PATH),
+                             checkpoint_name=os.path.basename(WEIGHTS_PATH))
+    lam.save(path, model=MODEL_NAME, prediction="edm", scheduler=schedule, seed=seed, cfg=1.0, **identity.fields())
     rmse_before, rmse_after = lam.fit_rmse()
     with torch.no_grad():
         base = sampler(model, eval_noise, sigmas, disable=True)
