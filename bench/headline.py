@@ -8,7 +8,8 @@ its tree, found or fetched by tests/comfyui_host/harness.py, run in-process on t
 
 - D-ODE (ComfyUI's dpmpp_2m, history auto) on the user's schedule (Karras), on a fitted schedule
   (``distill(..., fit_schedule=True)`` and ``fit_schedule="thorough"``), and on top of AYS and of GITS (their
-  sigmas as the user's schedule), at n calls, each with the fit's model calls and wall time;
+  sigmas as the user's schedule), and on top of the best base pair at n (its sampler and schedule), at n calls,
+  each with the fit's model calls and wall time;
 - the base: every sampler ComfyUI lists (``comfy.samplers.KSampler.SAMPLERS``, read at run time) that
   ``dode_core.refusal_reason`` accepts as deterministic, over every scheduler ComfyUI offers
   (``comfy.samplers.SCHEDULER_NAMES``, with KSampler's own sigma rules) and over AYS (SD1 table) and GITS (coeff
@@ -55,9 +56,11 @@ AYS_MODEL_TYPE, GITS_COEFF = "SD1", 1.20  # the AYS node's SD1 table; the GITS n
 REFERENCE_SAMPLER, REFERENCE_STEPS = "heun", 100
 KDE_BANDWIDTH, KDE_COPIES = 0.3, 4
 FACTORS = ((1.0, "n"), (1.5, "1.5n"), (2.0, "2n"))
-FITS = (("user", False), ("fitted", True), ("thorough", "thorough"), ("AYS", False), ("GITS", False))
-FIT_LABELS = {"user": "D-ODE on Karras (user schedule)", "fitted": "D-ODE, fit_schedule=True",
-              "thorough": 'D-ODE, fit_schedule="thorough"', "AYS": "D-ODE on AYS", "GITS": "D-ODE on GITS"}
+FITS = (("user", False), ("fitted", True), ("thorough", "thorough"), ("AYS", False), ("GITS", False),
+        ("best", False))
+FIT_LABELS = {"user": "dpmpp_2m on Karras (user schedule)", "fitted": "dpmpp_2m, fit_schedule=True",
+              "thorough": 'dpmpp_2m, fit_schedule="thorough"', "AYS": "dpmpp_2m on AYS",
+              "GITS": "dpmpp_2m on GITS", "best": "on the best base @n (its sampler and schedule)"}
 # --quick: a smoke run over a few of the host's samplers and schedulers
 QUICK_SAMPLERS = ("euler", "dpmpp_2m", "heun", "uni_pc", PEER_SAMPLER)
 QUICK_SCHEDULERS = ("karras", "exponential", "AYS", "GITS")
@@ -188,6 +191,7 @@ class Score:
     fd: float
     label: str
     calls: int = 0
+    key: tuple = ()  # (sampler, scheduler, steps) of a base run
 
 
 def score(problem: Problem, out: torch.Tensor, reference: torch.Tensor, label: str, calls: int = 0) -> Score:
@@ -239,6 +243,7 @@ class Grid:
                     return self.run(sampler, scheduler, steps)
             self.scores[key] = score(self.problem, out, self.reference, f"{sampler} {scheduler} {steps} st",
                                      self.call_count(sampler, scheduler, steps))
+            self.scores[key].key = key
         return self.scores[key]
 
     def best(self, calls: int, samplers=None, schedulers=None) -> tuple[Score, Score] | None:
@@ -265,28 +270,29 @@ class Fit:
     error: str = ""
 
 
-def dode_fit(grid: Grid, x_fit: torch.Tensor, n: int, kind: str, fit_schedule, teacher_factor: int) -> Fit:
-    """D-ODE (dpmpp_2m, history auto) at n calls on ``kind``'s schedule: Karras (``user``, ``fitted``,
-    ``thorough``), AYS or GITS; fitted on ``x_fit``, judged on the grid's held-out noise."""
+def dode_fit(grid: Grid, x_fit: torch.Tensor, n: int, fit_schedule, teacher_factor: int, sampler: str = DODE_SAMPLER,
+             scheduler: str = USER_SCHEDULER, steps: int | None = None) -> Fit:
+    """D-ODE (history auto) with ``sampler`` on ``steps`` (default n) steps of ``scheduler``, fitted on ``x_fit``,
+    judged on the grid's held-out noise."""
     problem, model = grid.problem, grid.model
-    sampler = grid.host.sampler(DODE_SAMPLER)
-    scheduler = kind if kind in ("AYS", "GITS") else USER_SCHEDULER
-    sigmas = grid.host.sigmas(scheduler, n, DODE_SAMPLER).to(problem.dtype)
+    dtype = torch.float32 if sampler in grid.float32 else problem.dtype
+    function = grid.host.sampler(sampler)
+    sigmas = grid.host.sigmas(scheduler, steps or n, sampler).to(dtype)
     model.calls = 0
     start = time.perf_counter()
     try:
-        lam = distill(model, x_fit * sigmas[0], sigmas, sampler, history=DODE_HISTORY, teacher_factor=teacher_factor,
-                      fit_schedule=fit_schedule, sigma_min=SIGMA_MIN)
-    except ValueError as error:  # NoGainError / TeacherNotConvergedError: the fit delivers nothing
+        lam = distill(model, x_fit.to(dtype) * sigmas[0], sigmas, function, history=DODE_HISTORY,
+                      teacher_factor=teacher_factor, fit_schedule=fit_schedule, sigma_min=SIGMA_MIN)
+    except ValueError as error:  # NoGainError / TeacherNotConvergedError / refused: the fit delivers nothing
         return Fit(None, model.calls, time.perf_counter() - start, scheduler, f"{type(error).__name__}: {error}")
     seconds, calls = time.perf_counter() - start, int(lam.metadata.get("model_calls", model.calls))
     used, label = sigmas, scheduler
     if fit_schedule:
-        used = lam.schedule.to(problem.dtype)
+        used = lam.schedule.to(dtype)
         label = ("fitted " + ", ".join(f"{float(s):.3g}" for s in used[1:-1])
-                 if lam.metadata.get("schedule_source") == "fitted" else "user's kept (Karras)")
+                 if lam.metadata.get("schedule_source") == "fitted" else f"user's kept ({scheduler})")
     with torch.no_grad():
-        out = sample(model, grid.noise * used[0], used, sampler, lam, disable=True)
+        out = sample(model, grid.noise.to(dtype) * used[0], used, function, lam, disable=True)
     return Fit(score(problem, out, grid.reference, label, lam.calls), calls, seconds, label)
 
 
@@ -344,10 +350,6 @@ def headline(problem: Problem, host: Host, config: Config) -> tuple[str, list[di
     rows = []
     for n in config.nfes:
         row: dict = {"calls": n, "fits": {}}
-        for kind, fit_schedule in FITS:
-            row["fits"][kind] = dode_fit(grid, x_fit, n, kind, fit_schedule, config.teacher_factor)
-            print(f"  n={n} {kind}: {cell(row['fits'][kind].score)} ({row['fits'][kind].seconds:.0f} s)",
-                  file=sys.stderr, flush=True)
         row["base_user"] = grid.run(DODE_SAMPLER, USER_SCHEDULER, n)
         for factor, label in FACTORS:
             m = math.ceil(factor * n)
@@ -356,6 +358,13 @@ def headline(problem: Problem, host: Host, config: Config) -> tuple[str, list[di
             row[f"GITS {label}"] = grid.best(m, schedulers=["GITS"])
             row[f"{PEER_SAMPLER} {label}"] = (grid.best(m, samplers=[PEER_SAMPLER])
                                               if PEER_SAMPLER in accepted else None)
+        best_sampler, best_scheduler, best_steps = row["n"][0].key
+        for kind, fit_schedule in FITS:
+            where = {"AYS": {"scheduler": "AYS"}, "GITS": {"scheduler": "GITS"},
+                     "best": {"sampler": best_sampler, "scheduler": best_scheduler, "steps": best_steps}}
+            row["fits"][kind] = dode_fit(grid, x_fit, n, fit_schedule, config.teacher_factor, **where.get(kind, {}))
+            print(f"  n={n} {kind}: {cell(row['fits'][kind].score)} ({row['fits'][kind].seconds:.0f} s)",
+                  file=sys.stderr, flush=True)
         rows.append(row)
     return tables(problem, config, grid, rows, floor, refused), rows
 
@@ -380,7 +389,7 @@ def tables(problem: Problem, config: Config, grid: Grid, rows: list[dict], floor
             lines.append(f"| {row['calls']} | {'default' if kind == 'fitted' else 'thorough'} | {cell(fit.score)} | "
                          f"{fit.calls}, {fit.seconds:.0f} | "
                          f"{' | '.join(best_cell(row[label]) for _, label in FACTORS)} | {' | '.join(verdicts)} |")
-    lines += ["", "Every D-ODE row (dpmpp_2m, history auto, n calls; fit calls: every model call the fit made, teacher "
+    lines += ["", "Every D-ODE row (history auto, n calls; fit calls: every model call the fit made, teacher "
               "and schedule search included; \"no gain\": the fit delivered nothing, the user keeps the base):", "",
               "| n | D-ODE | RMSE / FD | fit calls | fit wall s | schedule sampled on |",
               "|---:|---|---:|---:|---:|---|"]
@@ -388,6 +397,8 @@ def tables(problem: Problem, config: Config, grid: Grid, rows: list[dict], floor
         for kind, _ in FITS:
             fit = row["fits"][kind]
             what = fit.schedule if fit.score is not None else f"{fit.schedule}; {fit.error.split(';')[0][:160]}"
+            if kind == "best":
+                what = f"{row['n'][0].label}" + ("" if fit.score is not None else f"; {fit.error.split(';')[0][:160]}")
             lines.append(f"| {row['calls']} | {FIT_LABELS[kind]} | {cell(fit.score)} | {fit.calls} | "
                          f"{fit.seconds:.1f} | {what} |")
         base = row["base_user"]
