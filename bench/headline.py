@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The headline table: D-ODE at n model calls against the best the host offers at n, 1.5n and 2n calls.
 
-For n = 4, 6, 8, 10, on the embedded demo model (dode_core/demo, a learned 16x16 digits UNet) and on the benchmark's
+For n = 4, 6, 8, 10, on the embedded demo model (dode_demo, a learned 16x16 digits UNet) and on the benchmark's
 data (the exact denoiser of a kernel density estimate of scikit-learn's digits, bandwidth 0.3), both over the EDM
 sigma range 0.002..80, with ComfyUI 0.3.75's own sampler functions, schedulers and AYS / GITS tables (imported from
 its tree, found or fetched by tests/comfyui_host/harness.py, run in-process on the CPU):
@@ -47,7 +47,7 @@ from k_diffusion import sampling as ks  # noqa: E402
 
 from dode_core import distill, refusal_reason, sample  # noqa: E402
 from dode_core.blackbox import probe_call_sigmas  # noqa: E402
-from dode_core.demo.job import frechet_distance  # noqa: E402
+from dode_demo.job import frechet_distance  # noqa: E402
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 DODE_SAMPLER, DODE_HISTORY, USER_SCHEDULER = "dpmpp_2m", "auto", "karras"
@@ -162,7 +162,7 @@ class Problem:
 
 
 def demo_problem() -> Problem:
-    from dode_core.demo.model import demo_data, load_demo_model
+    from dode_demo.model import demo_data, load_demo_model
 
     return Problem("demo model (16x16 digits UNet)", load_demo_model(), (1, 16, 16), torch.float32, demo_data())
 
