@@ -3,8 +3,9 @@
 For each base sampler and model-call budget it fits λ on one batch of noise twice, on the Karras schedule and on a
 schedule chosen by the fit (``fit_schedule=True``), then compares D-ODE on the schedule its λ belong to with the
 base sampler on the Karras schedule (what the user runs without the plugin), on another (held-out) batch against a
-fine reference run: RMSE to the reference, and a Fréchet distance of the generated digits to the training digits. The report folder holds a PNG grid (reference | base | D-ODE), a PNG
-plot of λ and of the fit error per call, the table as markdown, and the λ files.
+fine reference run: RMSE to the reference, and a Fréchet distance of the generated digits to the training digits.
+The report folder holds a PNG grid (reference | base | D-ODE), a PNG plot of λ and of the fit error per call, the
+table as markdown, and the λ files.
 """
 
 from __future__ import annotations
@@ -187,8 +188,9 @@ def markdown_table(rows: list[Row], reference_label: str) -> str:
     lines.append("")
     lines.append(f"RMSE: held-out noise, to a {reference_label} reference run from the same noise. FD: Fréchet "
                  f"distance of the generated digits to the 1797 training digits, in their top {FD_COMPONENTS} "
-                 "principal components (lower is better). Base: the base sampler on the Karras schedule (the user's), on "
-                 "every row. Schedule: the one D-ODE ran on; karras is the user's, fitted was chosen by the fit:")
+                 "principal components (lower is better). Base: the base sampler on the Karras schedule (the "
+                 "user's), on every row. Schedule: the one D-ODE ran on; karras is the user's, fitted was chosen "
+                 "by the fit:")
     lines += [f"- {row.sampler}, {row.calls} calls: " + ", ".join(f"{s:.3g}" for s in row.sigmas)
               for row in rows if row.schedule == "fitted"]
     return "\n".join(lines)

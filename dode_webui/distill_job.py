@@ -129,8 +129,9 @@ def run_distill_job(model, x, sigmas, base_sampler, folder: str, request: Distil
     teacher_sampler: the teacher's function (None: dode_core's measured default). progress(done, total): after
     every model evaluation. check_interrupt(): called before it; raise from it to stop the job (nothing is
     written then). The file goes to ``folder`` under a new name (a counter is added instead of overwriting).
-    A fit that does not beat the base on held-out latents raises dode_core's NoGainError; a batch too large for any
-    host (dode_core.rules.fit_size_problem) DistillRefusedError, before any model call; no file is written then.
+    A fit that does not beat the base beyond chance (leave-one-out over the batch) raises dode_core's NoGainError;
+    a batch too large for any host (dode_core.rules.fit_size_problem) DistillRefusedError, before any model call;
+    no file is written then.
     """
 
     too_large = fit_size_problem(len(sigmas) - 1, request.teacher_factor, tuple(x.shape))
