@@ -234,7 +234,10 @@ def _distill(model, x, sigmas, sampler, opts: FitOptions, callback) -> Lambdas:
     fit.teacher_calls = progress.done - len(call_sigmas)  # everything so far but the base run
     user = fit.candidate("user", sigmas, user_map, user_targets, reference, base_user)
     choice = _search_schedule(fit, dense, sigmas, reference, user) if opts.fit_schedule else None
-    return _deliver(fit, user, choice, teacher_errors)
+    lam = _deliver(fit, user, choice, teacher_errors)
+    progress.total = progress.done  # the total was an estimate (the search's runs, a raised teacher): end it full
+    progress.report()
+    return lam
 
 
 def _search_schedule(fit: _Fit, dense, sigmas, reference, user: _Candidate) -> _ScheduleChoice | None:

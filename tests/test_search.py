@@ -92,3 +92,16 @@ def test_the_search_reports_progress_and_a_raising_callback_stops_it(K, karras):
     with pytest.raises(Cancelled):
         distill(model, x, karras(4), K.sample_euler, fit_schedule=True, callback=callback)
     assert len(calls) == seen[-1]  # nothing ran after the cancel
+
+
+@pytest.mark.parametrize("fit_schedule", [False, True])
+def test_the_last_progress_report_is_a_full_bar_at_the_model_calls_made(K, karras, fit_schedule):
+    """The total is an estimate (a searched schedule's runs, a raised teacher): a finished fit still ends at (done,
+    done), so a host's bar (the demo's, which a log file gets only when full) shows it finished."""
+    from dode_core import distill
+
+    x = torch.randn(8, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80
+    reports = []
+    lam = distill(GaussianDenoiser(), x, karras(4), K.sample_euler, fit_schedule=fit_schedule,
+                  callback=lambda done, total: reports.append((done, total)))
+    assert reports[-1] == (int(lam.metadata["model_calls"]),) * 2
