@@ -235,8 +235,9 @@ def _distill(model, x, sigmas, sampler, opts: FitOptions, callback) -> Lambdas:
     user = fit.candidate("user", sigmas, user_map, user_targets, reference, base_user)
     choice = _search_schedule(fit, dense, sigmas, reference, user) if opts.fit_schedule else None
     lam = _deliver(fit, user, choice, teacher_errors)
-    progress.total = progress.done  # the total was an estimate (the search's runs, a raised teacher): end it full
-    progress.report()
+    if progress.total != progress.done:  # an estimate (the search's runs, a raised teacher): end it full, once
+        progress.total = progress.done
+        progress.report()
     return lam
 
 
