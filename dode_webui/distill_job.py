@@ -15,6 +15,7 @@ from dode_core.rules import (
     DEFAULT_TEACHER_FACTOR,
     MAX_TEACHER_FACTOR,
     MAX_TEACHER_STEPS,
+    MIN_BATCH,
     MIN_TEACHER_FACTOR,
     fit_size_problem,
     host_fields,
@@ -83,13 +84,16 @@ def history_terms(value) -> int | str:
         raise DistillRefusedError(f"{PREFIX}{error}") from None
 
 
-def parse_distill_request(steps, teacher_factor, history, teacher, fit_schedule, teacher_labels) -> DistillRequest:
-    """The request for a distill over ``steps`` steps from the accordion's (or the API's) values.
+def parse_distill_request(steps, teacher_factor, history, teacher, fit_schedule, teacher_labels,
+                          batch_size=None) -> DistillRequest:
+    """The request for a distill over ``steps`` steps of ``batch_size`` images from the accordion's (or the API's)
+    values.
 
-    None values take the defaults. The size of the fit is bounded as in every host (dode_core.rules.
-    fit_size_problem), so a request cannot make the teacher run (and its memory) grow without bound. teacher:
-    "auto" or one of ``teacher_labels`` (the host labels of the samplers D-ODE supports). Raises
-    DistillRefusedError.
+    None values take the defaults (a None batch_size is not checked here; dode_core checks the batch it gets). The
+    size of the fit is bounded as in every host (dode_core.rules.fit_size_problem), so a request cannot make the
+    teacher run (and its memory) grow without bound; a batch under dode_core.rules.MIN_BATCH is refused before the
+    run starts, in the words of the WebUI's own sliders (WebUI's default batch size is 1). teacher: "auto" or one of
+    ``teacher_labels`` (the host labels of the samplers D-ODE supports). Raises DistillRefusedError.
     """
     factor = parse_int(teacher_factor, "teacher sub-steps per step", DEFAULT_TEACHER_FACTOR, MIN_TEACHER_FACTOR,
                        MAX_TEACHER_FACTOR)
@@ -103,6 +107,13 @@ def parse_distill_request(steps, teacher_factor, history, teacher, fit_schedule,
     elif teacher not in teacher_labels:
         raise DistillRefusedError(f"{PREFIX}teacher {teacher[:60]!r} is not one of this host's supported "
                                   f"samplers; choose auto or one of {', '.join(teacher_labels)}.")
+    batch = parse_int(batch_size, "batch size", MIN_BATCH, 1, 10**6)
+    if batch < MIN_BATCH:
+        raise DistillRefusedError(
+            f"{PREFIX}the fit needs a Batch size of at least {MIN_BATCH} (8 to 16 prove sharper): every image of "
+            f"the batch is judged with λ fitted on the others. This run has batch size {batch}; raise "
+            "Batch size (Batch count runs batches one after another and does not add images to the fit). No λ "
+            "file was written.")
     return DistillRequest(teacher_factor=factor, history=history_terms(history), teacher=teacher,
                           fit_schedule=bool(fit_schedule) and str(fit_schedule).lower() != "false")
 

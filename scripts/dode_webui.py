@@ -41,7 +41,7 @@ from modules import script_callbacks, scripts
 
 from dode_core import refusal_reason
 from dode_core.file_rules import ModelIdentity
-from dode_core.rules import AUTO, DEFAULT_TEACHER_FACTOR, HISTORY_CHOICES, MIN_TEACHER_FACTOR
+from dode_core.rules import AUTO, DEFAULT_TEACHER_FACTOR, HISTORY_CHOICES, MIN_BATCH, MIN_TEACHER_FACTOR
 from dode_webui import (
     LAMBDAS_FOLDER_NAME,
     PROBE_MODEL,
@@ -325,7 +325,7 @@ def distill_request(p, teacher_factor, history, teacher, fit_schedule, img2img=F
         if spec is None:
             raise DistillRefusedError(not_distillable(sampler, REFUSED.get(sampler), [s.base_label for s in OFFERED]))
         request = parse_distill_request(getattr(p, "steps", None), teacher_factor, history, teacher, fit_schedule,
-                                        [s.base_label for s in OFFERED])
+                                        [s.base_label for s in OFFERED], getattr(p, "batch_size", None))
     except DistillRefusedError as error:
         log.error("%s", error)
         request = DistillRequest(refused=str(error))
@@ -362,7 +362,8 @@ class DodeScript(scripts.Script):
             override = gr.Textbox(label="λ file for D-ODE samplers (a name in models/dode_lambdas; empty = the "
                                         "setting, 'auto' = newest matching file)", value="")
             distill = gr.Checkbox(label="Distill λ on this run (prompt, CFG, size, scheduler and steps of this "
-                                        "run; batch size = fit batch)", value=False, visible=not is_img2img)
+                                        f"run; Batch size = fit batch, at least {MIN_BATCH})", value=False,
+                                  visible=not is_img2img)
             teacher_factor = gr.Slider(minimum=MIN_TEACHER_FACTOR, maximum=20, step=1, value=DEFAULT_TEACHER_FACTOR,
                                        label="Teacher sub-steps per step", visible=not is_img2img)
             history = gr.Dropdown(list(HISTORY_CHOICES), value="1", label="History terms per call",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dode_core import Lambdas, ScheduleMismatchError, distill, load_lambdas, sample
-from dode_core.rules import MAX_TEACHER_STEPS, proof_summary
+from dode_core.rules import MAX_TEACHER_STEPS, MIN_BATCH, proof_summary
 from dode_webui import (
     DistillProgress,
     DistillRefusedError,
@@ -355,6 +355,18 @@ def test_distill_arguments_take_defaults_for_none_and_are_bounded():
     assert "50 steps x 100" in str(refused.value) and f"at most {MAX_TEACHER_STEPS}" in str(refused.value)
     with pytest.raises(DistillRefusedError, match="teacher 'DDIM' is not one of"):
         parse_distill_request(20, 10, 1, "DDIM", False, ["Euler"])
+    assert parse_distill_request(20, None, None, None, None, [], batch_size=4).teacher_factor == 10
+
+
+@pytest.mark.parametrize("batch_size", [1, "3", 3.0])
+def test_a_distill_with_webuis_default_batch_size_is_refused_in_its_words_before_the_run(batch_size):
+    """WebUI's Batch size defaults to 1; the leave-one-out proof needs MIN_BATCH images of one batch, and Batch count
+    does not add any: the refusal names the slider to raise, before any model call."""
+    with pytest.raises(DistillRefusedError) as refused:
+        parse_distill_request(20, None, None, None, None, ["Euler"], batch_size=batch_size)
+    message = str(refused.value)
+    assert f"Batch size of at least {MIN_BATCH}" in message and f"batch size {int(float(batch_size))};" in message
+    assert "Batch count" in message and "No λ file was written" in message
 
 
 def test_progress_is_handed_back_after_a_distill():

@@ -192,6 +192,14 @@ def test_bad_distill_arguments_stop_the_job_with_a_message(webui, args, facts):
     assert files(host) == [] and host.shared.sd_model.calls == 0
 
 
+def test_a_distill_at_webuis_default_batch_size_stops_before_any_model_call(webui):
+    host = webui()
+    with pytest.raises(DistillRefusedError, match=r"Batch size of at least 4 .* This run has batch size 1; raise "
+                                                  r"Batch size"):
+        host.run(host.P(sampler_name="Euler", steps=5, batch_size=1), "", True, 4, "1")
+    assert files(host) == [] and host.shared.sd_model.calls == 0
+
+
 def test_the_teacher_bound_scales_with_the_steps(webui):
     host = webui()
     with pytest.raises(DistillRefusedError) as refused:
