@@ -38,7 +38,7 @@ from .fit_setup import CheckedModel, FitOptions, Progress, check_inputs
 from .lambdas_file import Lambdas
 from .rules import MAX_TEACHER_STEPS
 from .schedule import check_calls_on_schedule, dense_grid, merge_points, run_dense_teacher, schedule_range
-from .search import EFFORT, ScheduleSearch, Surrogate, last_jump_limit, start_paths
+from .search import EFFORT, REAL_LADDERS, ScheduleSearch, Surrogate, last_jump_limit, start_paths
 from .teacher import (
     check_teacher,
     convergence_error,
@@ -254,13 +254,16 @@ def _search_schedule(fit: _Fit, dense, sigmas, reference, user: _Candidate) -> _
     search = ScheduleSearch(surrogate, x[search_latents], dense.grid, fit.sampler, fit.name, opts.history,
                             opts.max_terms, opts.extra_args, opts.options, effort, progress=fit.progress.report,
                             first_last_index=last)
-    ranked = search.run(start_paths(dense, len(sigmas) - 1, user_path, search_latents))
+    starts = start_paths(dense, len(sigmas) - 1, user_path, search_latents)
+    ranked = search.run(starts)
+    chosen = [found for found in ranked if found[1] != user_path][: effort.real_candidates]  # the user's has run
+    for name in REAL_LADDERS:  # unrefined too: the surrogate may rank a good hand-made ladder far too low
+        path = search.within_limit(starts[name]) if name in starts else None
+        if path is not None and path != user_path and math.isfinite(search.score(path)) \
+                and all(path != other for _, other, _ in chosen):
+            chosen.append((search.score(path), path, name))
     real = []
-    for surrogate_mse, path, origin in ranked:
-        if path == user_path:
-            continue  # the user's schedule has run for real already
-        if len(real) == effort.real_candidates:
-            break
+    for surrogate_mse, path, origin in chosen:
         candidate_sigmas = dense.grid[path].to(device=x.device, dtype=sigmas.dtype)
         sampler_map = measure_sampler(fit.model, x, candidate_sigmas, fit.sampler, extra_args=opts.extra_args,
                                       options=opts.options)

@@ -12,10 +12,11 @@ the surrogate feels its own errors through c_i, so an error made at a high sigma
 ODE shrinks it, and one made at the last step stays: the final error the candidate would have, not a sum of
 one-step errors. λ are refit for every candidate by the same leave-one-out fit as the real run.
 
-The search starts from several schedules (the user's, Karras, log-uniform, uniform in sigma, the dynamic program of
-schedule.py with face-value and with propagated one-step costs), refines the best by coordinate descent over the
-dense grid (one interior sigma at a time, moved by 8, 4, 2, 1 grid points while that helps), and returns the best
-distinct schedules; the caller runs the top few for real.
+The search starts from several schedules (the user's, Karras, log-uniform, uniform in sigma, the AYS shape, the
+dynamic program of schedule.py with face-value and with propagated one-step costs), refines the best by coordinate
+descent over the dense grid (one interior sigma at a time, moved by 8, 4, 2, 1 grid points while that helps), and
+returns the best distinct schedules; the caller runs the top few for real, and the ladders of REAL_LADDERS as they
+are.
 """
 
 from __future__ import annotations
@@ -46,10 +47,21 @@ class SearchEffort:
     real_candidates: int
 
 
+# The AYS paper's 10-step schedule for SD1 (Sabour, Fidler, Kreis 2024, "Align Your Steps", table for Stable
+# Diffusion 1.5), sigma_max first: a ladder tuned for learned image models, used here only for its shape.
+AYS_SD1_SIGMAS = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029)
+# Hand-made ladders the fit also runs for real, unrefined (one student run each): on a learned model the surrogate
+# ranks them far from where they land. Demo model, dpmpp_2m, held-out RMSE of the delivered fit at 6 / 8 / 10 calls:
+# 0.083 / 0.030 / 0.024 (Karras kept) without, 0.036 / 0.019 / 0.015 with the AYS shape run for real; the
+# log-uniform ladder never won and is not run. On the exact KDE denoiser it won once (6 calls) and did worse on
+# fresh noise than the refined schedule it beat on the search latents (0.090 vs 0.066).
+REAL_LADDERS = ("ays-shape",)
+
 # Real runs of the best few: on the learned demo model the surrogate ranks schedules only roughly (rank correlation
 # 0.41, its best 1.26x the real best's RMSE; on the exact KDE denoiser 0.87 and 1.00x: bench/surrogate.py), so the
-# default runs four for real. With the teacher (1.5 runs) and the user's and fitted schedules' own runs, a default
-# fit stays under three teacher runs of model calls at teacher_factor 10: 15n + 2n + 4n + n = 22n <= 30n.
+# default runs four for real (plus REAL_LADDERS). With the teacher (1.5 runs) and the user's and fitted schedules'
+# own runs, a default fit stays under three teacher runs of model calls at teacher_factor 10:
+# 15n + 2n + 5n + n = 23n <= 30n.
 EFFORT = {"default": SearchEffort(refined_starts=2, max_evaluations=400, real_candidates=4),
           "thorough": SearchEffort(refined_starts=5, max_evaluations=2000, real_candidates=10)}
 
@@ -123,6 +135,25 @@ def last_jump_limit(surrogate: Surrogate, allowed_mse: float) -> int:
     return len(surrogate.sigmas) - 2
 
 
+def ays_shape(sigma_max: float, sigma_min: float, count: int) -> list[float]:
+    """``count`` sigmas from ``sigma_max`` to ``sigma_min`` spaced as the AYS SD1 table is: its log sigmas,
+    interpolated linearly at ``count`` even points (as ComfyUI's AYS node does for other step counts) and mapped
+    linearly from the table's log range onto ``log sigma_max .. log sigma_min``:
+
+        r(t) = (log s_AYS(t) - log s_AYS(0)) / (log s_AYS(1) - log s_AYS(0)),
+        s_t = sigma_max (sigma_min / sigma_max)^r(t)
+    """
+    logs = [math.log(value) for value in AYS_SD1_SIGMAS]
+    last = len(logs) - 1
+    out = []
+    for k in range(count):
+        position = k * last / (count - 1) if count > 1 else 0.0
+        j = min(int(position), last - 1)
+        log_sigma = logs[j] + (position - j) * (logs[j + 1] - logs[j])
+        out.append(sigma_max * (sigma_min / sigma_max) ** ((log_sigma - logs[0]) / (logs[-1] - logs[0])))
+    return out
+
+
 def start_paths(run: DenseTeacherRun, steps: int, user_indices: list[int], latents: slice) -> dict[str, list[int]]:
     """The schedules a search starts from, as grid indices ``0 = i_0 < ... < i_steps = G``."""
     count = len(run.grid)
@@ -143,6 +174,7 @@ def start_paths(run: DenseTeacherRun, steps: int, user_indices: list[int], laten
         starts["karras"] = snap(karras(top, bottom, steps)[1:].tolist())
         starts["log-uniform"] = snap([top * (bottom / top) ** r for r in ramp])
         starts["uniform"] = snap([top + r * (bottom - top) for r in ramp])
+        starts["ays-shape"] = snap(ays_shape(top, bottom, steps)[1:])
     states = [s[latents] for s in run.states]
     denoised = [d[latents] for d in run.denoised]
     costs = one_step_costs(run.grid, states, denoised)
@@ -155,11 +187,12 @@ def start_paths(run: DenseTeacherRun, steps: int, user_indices: list[int], laten
         survive[i] = survive[i + 1] * (slopes[i] + ratio * (1 - slopes[i]))
     weights = torch.tensor(survive, dtype=torch.float64)
     starts["propagated"] = cheapest_path(costs * weights[None, :], steps)
-    return {name: path for name, path in starts.items() if _valid(path, count)}
+    return {name: path for name, path in starts.items() if _valid(path, count, steps)}
 
 
-def _valid(path: list[int], count: int) -> bool:
-    return path[0] == 0 and path[-1] == count - 1 and all(a < b for a, b in zip(path[:-1], path[1:], strict=True))
+def _valid(path: list[int], count: int, steps: int) -> bool:
+    return (len(path) == steps + 1 and path[0] == 0 and path[-1] == count - 1
+            and all(a < b for a, b in zip(path[:-1], path[1:], strict=True)))
 
 
 class ScheduleSearch:

@@ -1,10 +1,21 @@
 """dode_core.search: schedules scored by the final error of the corrected sampler, on a surrogate of the teacher run."""
 
+import math
+
 import pytest
 import torch
 
 from dode_core.schedule import dense_grid, run_dense_teacher
-from dode_core.search import EFFORT, ScheduleSearch, Surrogate, batch_slopes, start_paths, surrogate_error
+from dode_core.search import (
+    AYS_SD1_SIGMAS,
+    EFFORT,
+    ScheduleSearch,
+    Surrogate,
+    ays_shape,
+    batch_slopes,
+    start_paths,
+    surrogate_error,
+)
 from dode_core.teacher import sample_dpmpp_2m_teacher
 from models import GaussianDenoiser
 
@@ -50,7 +61,8 @@ def test_the_search_ends_no_worse_than_any_start_and_scores_each_schedule_once(K
     surrogate = Surrogate(gaussian, run, slice(None))
     user = [0, 20, 40, 55, len(grid) - 1]
     starts = start_paths(run, 4, user, slice(None))
-    assert {"user", "karras", "log-uniform", "one-step", "propagated"} <= set(starts)
+    assert {"user", "karras", "log-uniform", "ays-shape", "one-step", "propagated"} <= set(starts)
+    assert all(len(path) == 5 for path in starts.values())  # four steps each: a start never changes the call count
     search = ScheduleSearch(surrogate, x, grid, K.sample_euler, "euler", 1, 1, {}, {}, EFFORT["default"])
     ranked = search.run(starts)
     best = ranked[0][0]
@@ -58,6 +70,28 @@ def test_the_search_ends_no_worse_than_any_start_and_scores_each_schedule_once(K
     assert [value for value, _, _ in ranked] == sorted(value for value, _, _ in ranked)
     assert len(search.scores) == len(ranked) <= EFFORT["default"].max_evaluations
     assert best < search.score(user)  # a search that finds nothing better than the user's schedule is no search
+
+
+def test_the_ays_shape_is_the_table_on_its_own_range_and_its_log_interpolation_elsewhere():
+    table = ays_shape(AYS_SD1_SIGMAS[0], AYS_SD1_SIGMAS[-1], len(AYS_SD1_SIGMAS))
+    assert table == pytest.approx(list(AYS_SD1_SIGMAS), rel=1e-12)
+    mapped = ays_shape(80.0, 0.002, 6)
+    assert mapped[0] == pytest.approx(80.0) and mapped[-1] == pytest.approx(0.002)
+    # 6 points sit at table positions 0, 2, 4, 6, 8, 10: the table's own log spacing, stretched onto 80..0.002
+    scale = math.log(80.0 / 0.002) / math.log(AYS_SD1_SIGMAS[0] / AYS_SD1_SIGMAS[-1])
+    expected = [80.0 * (AYS_SD1_SIGMAS[k] / AYS_SD1_SIGMAS[0]) ** scale for k in range(0, 11, 2)]
+    assert mapped == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_fitted_schedule_runs_the_ays_shape_for_real_as_it_is_whatever_the_surrogate_says(K, karras, caplog):
+    from dode_core import distill
+
+    x = torch.randn(8, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80
+    with caplog.at_level("INFO", logger="dode_core.fit"):
+        distill(GaussianDenoiser(), x, karras(6), K.sample_euler, fit_schedule=True)
+    real_runs = [r.getMessage() for r in caplog.records if "on the search latents" in r.getMessage()]
+    assert any("(ays-shape)" in message for message in real_runs), real_runs
+    assert len(real_runs) <= EFFORT["default"].real_candidates + 1
 
 
 def test_a_fit_schedule_other_than_false_true_or_thorough_is_named(K, karras):
