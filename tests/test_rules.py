@@ -52,16 +52,27 @@ def definitions(tree):
                     yield name.id, node.lineno
 
 
+def constant(node):
+    """The value of a number literal or of a constant shift or product of them (``1 << 24``); None otherwise. Read
+    from the tree, never evaluated (comfy node validate flags eval, even in tests)."""
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return node.value
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.LShift, ast.Mult)):
+        left, right = constant(node.left), constant(node.right)
+        if left is None or right is None:
+            return None
+        if isinstance(node.op, ast.Mult):
+            return left * right
+        return left << right if isinstance(left, int) and isinstance(right, int) and 0 <= right < 64 else None
+    return None
+
+
 def numbers(tree):
     """``(value, line)`` of every number literal, and of constant shifts and products (``1 << 24``)."""
     for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-            yield node.value, node.lineno
-        elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.LShift, ast.Mult)):
-            try:
-                yield eval(compile(ast.Expression(node), "<rule>", "eval"), {"__builtins__": {}}), node.lineno
-            except Exception:  # noqa: BLE001 - not a constant expression
-                continue
+        value = constant(node) if isinstance(node, (ast.Constant, ast.BinOp)) else None
+        if value is not None:
+            yield value, node.lineno
 
 
 def test_the_rule_modules_define_what_the_hosts_share():
