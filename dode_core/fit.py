@@ -258,10 +258,12 @@ def _search_schedule(fit: _Fit, dense, sigmas, reference, user: _Candidate) -> _
     ranked = search.run(starts)
     chosen = [found for found in ranked if found[1] != user_path][: effort.real_candidates]  # the user's has run
     for name in REAL_LADDERS:  # unrefined too: the surrogate may rank a good hand-made ladder far too low
-        path = search.within_limit(starts[name]) if name in starts else None
-        if path is not None and path != user_path and math.isfinite(search.score(path)) \
-                and all(path != other for _, other, _ in chosen):
-            chosen.append((search.score(path), path, name))
+        if name not in starts:
+            continue
+        path = search.within_limit(starts[name])
+        surrogate_mse = search.score(path)  # scored by search.run already: no new surrogate run
+        if path != user_path and math.isfinite(surrogate_mse) and all(path != other for _, other, _ in chosen):
+            chosen.append((surrogate_mse, path, name))
     real = []
     for surrogate_mse, path, origin in chosen:
         candidate_sigmas = dense.grid[path].to(device=x.device, dtype=sigmas.dtype)

@@ -70,7 +70,7 @@ def constant(node):
 def numbers(tree):
     """``(value, line)`` of every number literal, and of constant shifts and products (``1 << 24``)."""
     for node in ast.walk(tree):
-        value = constant(node) if isinstance(node, (ast.Constant, ast.BinOp)) else None
+        value = constant(node)
         if value is not None:
             yield value, node.lineno
 
