@@ -15,7 +15,9 @@ its tree, found or fetched by tests/comfyui_host/harness.py, run in-process on t
   (``comfy.samplers.SCHEDULER_NAMES``, with KSampler's own sigma rules) and over AYS (SD1 table) and GITS (coeff
   1.20) with their log sigmas mapped linearly from SD1's range (0.0292..14.61) onto the problem's (0.002..80), at
   the most steps within n, 1.5n and 2n calls; "best base @m" is the lowest RMSE (and, separately, the lowest FD)
-  over all of these pairs. Peers reported on their own: AYS and GITS with their best sampler, gradient_estimation
+  over all of these pairs (the bar of the project's rule "compare with the best"); "best sampler on the user's
+  schedule @m" is the same over the samplers on Karras only (issue 17's own table's base). Peers reported on their
+  own: AYS and GITS with their best sampler, gradient_estimation
   (a fixed-coefficient member of D-ODE's family) on its best schedule.
 
 Judged on held-out noise: RMSE to a converged run (Heun, 100 Karras steps, 199 calls; its own error estimated
@@ -356,6 +358,7 @@ def headline(problem: Problem, host: Host, config: Config) -> tuple[str, list[di
             row[label] = grid.best(m)
             row[f"AYS {label}"] = grid.best(m, schedulers=["AYS"])
             row[f"GITS {label}"] = grid.best(m, schedulers=["GITS"])
+            row[f"user {label}"] = grid.best(m, schedulers=[USER_SCHEDULER])  # issue 17's own table's base
             row[f"{PEER_SAMPLER} {label}"] = (grid.best(m, samplers=[PEER_SAMPLER])
                                               if PEER_SAMPLER in accepted else None)
         best_sampler, best_scheduler, best_steps = row["n"][0].key
@@ -377,13 +380,15 @@ def user_result(row: dict) -> Score:
 
 def tables(problem: Problem, config: Config, grid: Grid, rows: list[dict], floor: Score, refused: list[str]) -> str:
     lines = ["| n | fitted schedule | RMSE / FD | fit calls, s | best base @n | best base @1.5n | best base @2n | "
-             "≤ @n (RMSE, FD) | ≤ @1.5n (RMSE, FD) | ≤ @2n (RMSE, FD) | ≤ D-ODE user schedule (RMSE, FD) |",
-             "|---:|---|---:|---:|---:|---:|---:|---|---|---|---|"]
+             "≤ @n (RMSE, FD) | ≤ @1.5n (RMSE, FD) | ≤ @2n (RMSE, FD) | ≤ best sampler on Karras @1.5n (RMSE, FD) | "
+             "≤ best sampler on Karras @2n (RMSE, FD) | ≤ D-ODE user schedule (RMSE, FD) |",
+             "|---:|---|---:|---:|---:|---:|---:|---|---|---|---|---|---|"]
     for row in rows:
         for kind in ("fitted", "thorough"):
             fit = row["fits"][kind]
             verdicts = [f"{ratio_cell(fit.score, b[0], 'rmse')}, {ratio_cell(fit.score, b[1], 'fd')}"
-                        if b is not None else "—" for b in (row["n"], row["1.5n"], row["2n"])]
+                        if b is not None else "—"
+                        for b in (row["n"], row["1.5n"], row["2n"], row["user 1.5n"], row["user 2n"])]
             user = user_result(row)
             verdicts.append(f"{ratio_cell(fit.score, user, 'rmse')}, {ratio_cell(fit.score, user, 'fd')}")
             lines.append(f"| {row['calls']} | {'default' if kind == 'fitted' else 'thorough'} | {cell(fit.score)} | "
@@ -406,7 +411,8 @@ def tables(problem: Problem, config: Config, grid: Grid, rows: list[dict], floor
     lines += ["", "Peers and the best base, each at the most steps within n, 1.5n and 2n calls: RMSE / FD (sampler, "
               "scheduler and steps of the best by RMSE / by FD):", "",
               "| n | peer | @n | @1.5n | @2n |", "|---:|---|---|---|---|"]
-    peers = (("", "best base (any sampler x scheduler)"), ("AYS ", "AYS + its best sampler"),
+    peers = (("", "best base (any sampler x scheduler)"),
+             ("user ", f"best sampler on the user's schedule ({USER_SCHEDULER})"), ("AYS ", "AYS + its best sampler"),
              ("GITS ", "GITS + its best sampler"), (f"{PEER_SAMPLER} ", f"{PEER_SAMPLER} on its best schedule"))
     for row in rows:
         for prefix, name in peers:
@@ -451,7 +457,11 @@ def summary_line(rows: list[dict]) -> str:
         parts.append(f"{name} ≤ best base @1.5n at n = {ns(reached(rows, kind, '1.5n', 'rmse'))} (RMSE), "
                      f"{ns(reached(rows, kind, '1.5n', 'fd'))} (FD); @2n at n = "
                      f"{ns(reached(rows, kind, '2n', 'rmse'))} (RMSE), {ns(reached(rows, kind, '2n', 'fd'))} (FD); "
-                     f"@n at n = {ns(reached(rows, kind, 'n', 'rmse'))} (RMSE); above D-ODE on the user's schedule "
+                     f"@n at n = {ns(reached(rows, kind, 'n', 'rmse'))} (RMSE); ≤ the best sampler on the user's "
+                     f"schedule @1.5n at n = {ns(reached(rows, kind, 'user 1.5n', 'rmse'))} (RMSE), "
+                     f"{ns(reached(rows, kind, 'user 1.5n', 'fd'))} (FD), @2n at n = "
+                     f"{ns(reached(rows, kind, 'user 2n', 'rmse'))} (RMSE), {ns(reached(rows, kind, 'user 2n', 'fd'))} "
+                     "(FD); above D-ODE on the user's schedule "
                      f"(RMSE) at n = {ns(above)}")
     return f"**Summary** (n = {ns([row['calls'] for row in rows])}): " + "; ".join(parts) + "."
 

@@ -45,6 +45,18 @@ class SearchEffort:
     refined_starts: int
     max_evaluations: int
     real_candidates: int
+    refine_teacher_runs: float  # real refining may bring the fit's model calls up to this many teacher runs'
+
+    def refine_runs(self, teacher_calls: int, done: int, calls: int) -> int:
+        """Student runs (``calls`` model calls each) left for refining for real: the budget,
+        ``refine_teacher_runs * teacher_calls`` (one dense teacher run's), less what the fit has made so far and the
+        fitted schedule's base run still to come."""
+        return max(0, int((self.refine_teacher_runs * teacher_calls - done - calls) // calls))
+
+
+def refine_moves(teacher_factor: int) -> tuple[int, ...]:
+    """Grid points a real refinement moves a sigma by: a quarter, an eighth of a student step, then one point."""
+    return tuple(sorted({max(1, teacher_factor // 4), max(1, teacher_factor // 8), 1}, reverse=True))
 
 
 # The AYS paper's 10-step schedule for SD1 (Sabour, Fidler, Kreis 2024, "Align Your Steps", table for Stable
@@ -61,8 +73,9 @@ REAL_LADDERS = ("ays-shape",)
 # default runs four for real (plus REAL_LADDERS). With the teacher (1.5 runs) and the user's and fitted schedules'
 # own runs, a default fit stays under three teacher runs of model calls at teacher_factor 10:
 # 15n + 2n + 5n + n = 23n <= 30n.
-EFFORT = {"default": SearchEffort(refined_starts=2, max_evaluations=400, real_candidates=4),
-          "thorough": SearchEffort(refined_starts=5, max_evaluations=2000, real_candidates=10)}
+EFFORT = {"default": SearchEffort(refined_starts=2, max_evaluations=400, real_candidates=4, refine_teacher_runs=0.0),
+          "thorough": SearchEffort(refined_starts=5, max_evaluations=2000, real_candidates=10,
+                                       refine_teacher_runs=8.0)}
 
 
 def batch_slopes(states, denoised) -> list[float]:
