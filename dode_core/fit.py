@@ -165,7 +165,8 @@ def distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, te
               on the first half of the batch, the best few run for real; the fitted schedule is delivered only if
               its D-ODE beats D-ODE on the user's schedule (and the base) on the other half, which chose nothing
               (``lam.schedule``, ``schedule_source``). Cost: 1.5 teacher runs + 2 + real candidates (4; thorough 10)
-              + 1 student runs.
+              + 1 student runs; thorough then refines the best in real runs until the fit has made 8 dense teacher
+              runs of model calls.
 
     Every fit measures its teacher against the same teacher at half the factor (``teacher_error`` in the file). A
     teacher not clearly closer to the ODE's end than the base (its error over TEACHER_MARGIN times the base's
