@@ -58,6 +58,8 @@ AYS_MODEL_TYPE, GITS_COEFF = "SD1", 1.20  # the AYS node's SD1 table; the GITS n
 REFERENCE_SAMPLER, REFERENCE_STEPS = "heun", 100
 KDE_BANDWIDTH, KDE_COPIES = 0.3, 4
 FACTORS = ((1.0, "n"), (1.5, "1.5n"), (2.0, "2n"))
+METRICS = ("rmse", "fd", "fd_ode")  # the order of Grid.best's tuple
+NAMES = {"rmse": "RMSE", "fd": "FD", "fd_ode": "FD-ODE"}
 FITS = (("user", False), ("fitted", True), ("thorough", "thorough"), ("AYS", False), ("GITS", False),
         ("best", False))
 FIT_LABELS = {"user": "dpmpp_2m on Karras (user schedule)", "fitted": "dpmpp_2m, fit_schedule=True",
@@ -194,10 +196,12 @@ class Score:
     label: str
     calls: int = 0
     key: tuple = ()  # (sampler, scheduler, steps) of a base run
+    fd_ode: float = math.nan  # to the converged run's own samples (same noise): no sampling noise of the data
 
 
 def score(problem: Problem, out: torch.Tensor, reference: torch.Tensor, label: str, calls: int = 0) -> Score:
-    return Score(rmse(out, reference), frechet_distance(out.float(), problem.fd_target.float()), label, calls)
+    return Score(rmse(out, reference), frechet_distance(out.float(), problem.fd_target.float()), label, calls,
+                 fd_ode=frechet_distance(out.float(), reference.float()))
 
 
 @dataclass
@@ -248,8 +252,9 @@ class Grid:
             self.scores[key].key = key
         return self.scores[key]
 
-    def best(self, calls: int, samplers=None, schedulers=None) -> tuple[Score, Score] | None:
-        """(best by RMSE, best by FD) over the given samplers x schedulers within ``calls`` model calls."""
+    def best(self, calls: int, samplers=None, schedulers=None) -> tuple[Score, Score, Score] | None:
+        """(best by RMSE, best by FD, best by FD to the converged run) over the given samplers x schedulers within
+        ``calls`` model calls."""
         scores = []
         for sampler in samplers or self.samplers:
             for scheduler in schedulers or self.schedulers:
@@ -258,7 +263,7 @@ class Grid:
                     scores.append(self.run(sampler, scheduler, steps))
         if not scores:
             return None
-        return min(scores, key=lambda s: s.rmse), min(scores, key=lambda s: s.fd)
+        return tuple(min(scores, key=lambda s, metric=metric: getattr(s, metric)) for metric in METRICS)
 
 
 @dataclass
@@ -306,20 +311,21 @@ def ratio_cell(mine: Score | None, other: Score | None, metric: str) -> str:
 
 
 def cell(s: Score | None) -> str:
-    return "no gain" if s is None else f"{s.rmse:.4f} / {s.fd:.3f}"
+    return "no gain" if s is None else f"{s.rmse:.4f} / {s.fd:.3f} / {s.fd_ode:.4f}"
 
 
-def best_cell(best: tuple[Score, Score] | None) -> str:
-    return "—" if best is None else f"{best[0].rmse:.4f} / {best[1].fd:.3f}"
+def best_cell(best: tuple[Score, Score, Score] | None) -> str:
+    return "—" if best is None else f"{best[0].rmse:.4f} / {best[1].fd:.3f} / {best[2].fd_ode:.4f}"
 
 
-def best_labelled(best: tuple[Score, Score] | None) -> str:
+def best_labelled(best: tuple[Score, Score, Score] | None) -> str:
     if best is None:
         return "—"
-    by_rmse, by_fd = best
-    if by_rmse is by_fd:
-        return f"{by_rmse.rmse:.4f} / {by_fd.fd:.3f} ({by_rmse.label})"
-    return f"{by_rmse.rmse:.4f} ({by_rmse.label}) / {by_fd.fd:.3f} ({by_fd.label})"
+    by_rmse, by_fd, by_ode = best
+    if by_rmse is by_fd is by_ode:
+        return f"{by_rmse.rmse:.4f} / {by_fd.fd:.3f} / {by_ode.fd_ode:.4f} ({by_rmse.label})"
+    return (f"{by_rmse.rmse:.4f} ({by_rmse.label}) / {by_fd.fd:.3f} ({by_fd.label}) / {by_ode.fd_ode:.4f} "
+            f"({by_ode.label})")
 
 
 def headline(problem: Problem, host: Host, config: Config) -> tuple[str, list[dict]]:
@@ -379,24 +385,26 @@ def user_result(row: dict) -> Score:
 
 
 def tables(problem: Problem, config: Config, grid: Grid, rows: list[dict], floor: Score, refused: list[str]) -> str:
-    lines = ["| n | fitted schedule | RMSE / FD | fit calls, s | best base @n | best base @1.5n | best base @2n | "
-             "≤ @n (RMSE, FD) | ≤ @1.5n (RMSE, FD) | ≤ @2n (RMSE, FD) | ≤ best sampler on Karras @1.5n (RMSE, FD) | "
-             "≤ best sampler on Karras @2n (RMSE, FD) | ≤ D-ODE user schedule (RMSE, FD) |",
+    verdict = "(RMSE, FD, FD-ODE)"
+    lines = ["| n | fitted schedule | RMSE / FD / FD-ODE | fit calls, s | best base @n | best base @1.5n | "
+             f"best base @2n | ≤ @n {verdict} | ≤ @1.5n {verdict} | ≤ @2n {verdict} | "
+             f"≤ best sampler on Karras @1.5n {verdict} | ≤ best sampler on Karras @2n {verdict} | "
+             f"≤ D-ODE user schedule {verdict} |",
              "|---:|---|---:|---:|---:|---:|---:|---|---|---|---|---|---|"]
     for row in rows:
         for kind in ("fitted", "thorough"):
             fit = row["fits"][kind]
-            verdicts = [f"{ratio_cell(fit.score, b[0], 'rmse')}, {ratio_cell(fit.score, b[1], 'fd')}"
+            verdicts = [", ".join(ratio_cell(fit.score, b[k], metric) for k, metric in enumerate(METRICS))
                         if b is not None else "—"
                         for b in (row["n"], row["1.5n"], row["2n"], row["user 1.5n"], row["user 2n"])]
             user = user_result(row)
-            verdicts.append(f"{ratio_cell(fit.score, user, 'rmse')}, {ratio_cell(fit.score, user, 'fd')}")
+            verdicts.append(", ".join(ratio_cell(fit.score, user, metric) for metric in METRICS))
             lines.append(f"| {row['calls']} | {'default' if kind == 'fitted' else 'thorough'} | {cell(fit.score)} | "
                          f"{fit.calls}, {fit.seconds:.0f} | "
                          f"{' | '.join(best_cell(row[label]) for _, label in FACTORS)} | {' | '.join(verdicts)} |")
     lines += ["", "Every D-ODE row (history auto, n calls; fit calls: every model call the fit made, teacher "
               "and schedule search included; \"no gain\": the fit delivered nothing, the user keeps the base):", "",
-              "| n | D-ODE | RMSE / FD | fit calls | fit wall s | schedule sampled on |",
+              "| n | D-ODE | RMSE / FD / FD-ODE | fit calls | fit wall s | schedule sampled on |",
               "|---:|---|---:|---:|---:|---|"]
     for row in rows:
         for kind, _ in FITS:
@@ -408,8 +416,8 @@ def tables(problem: Problem, config: Config, grid: Grid, rows: list[dict], floor
                          f"{fit.seconds:.1f} | {what} |")
         base = row["base_user"]
         lines.append(f"| {row['calls']} | (base {DODE_SAMPLER} on Karras) | {cell(base)} | — | — | karras |")
-    lines += ["", "Peers and the best base, each at the most steps within n, 1.5n and 2n calls: RMSE / FD (sampler, "
-              "scheduler and steps of the best by RMSE / by FD):", "",
+    lines += ["", "Peers and the best base, each at the most steps within n, 1.5n and 2n calls: RMSE / FD / FD-ODE "
+              "(sampler, scheduler and steps of the best by each):", "",
               "| n | peer | @n | @1.5n | @2n |", "|---:|---|---|---|---|"]
     peers = (("", "best base (any sampler x scheduler)"),
              ("user ", f"best sampler on the user's schedule ({USER_SCHEDULER})"), ("AYS ", "AYS + its best sampler"),
@@ -420,12 +428,14 @@ def tables(problem: Problem, config: Config, grid: Grid, rows: list[dict], floor
             lines.append(f"| {row['calls']} | {name} | {cells} |")
     dtype_note = (f" ({', '.join(sorted(grid.float32))} in float32: ComfyUI's UniPC cannot take "
                   f"{str(problem.dtype).removeprefix('torch.')})" if grid.float32 else "")
-    lines += ["", "Cells: held-out RMSE to the reference / FD. The reference "
+    lines += ["", "Cells: held-out RMSE to the reference / FD / FD-ODE. The reference "
               f"({REFERENCE_SAMPLER}, {config.reference_steps} Karras steps) is {floor.rmse:.4f} RMSE from the same "
               "run at twice the steps: RMSE near that is the "
               f"reference's own error. The reference run's own FD is {floor.fd:.3f}: FD near it is sampling noise of "
               f"FD over {config.eval_batch} samples (a base sampler can score below the reference itself), and RMSE "
-              "is the sharper measure there. Base samplers (ComfyUI's list, deterministic by dode_core.refusal_reason)"
+              "is the sharper measure there. FD-ODE is the Fréchet distance to the reference run's own samples (the "
+              "distribution the exact ODE ends on, from the same noise): 0 for a converged sampler, without the "
+              "data's sampling noise. Base samplers (ComfyUI's list, deterministic by dode_core.refusal_reason)"
               f"{dtype_note}: {', '.join(grid.samplers)}; refused or duplicates: {', '.join(refused) or 'none'}. "
               f"Schedulers: {', '.join(grid.schedulers)} (AYS: the node's {AYS_MODEL_TYPE} table, GITS: coeff "
               f"{GITS_COEFF:.2f}, both as ComfyUI's nodes give them, then mapped linearly in log sigma from SD1's "
@@ -438,7 +448,7 @@ def reached(rows: list[dict], kind: str, label: str, metric: str) -> list[int]:
     out = []
     for row in rows:
         fit, best = row["fits"][kind].score, row[label]
-        if fit is not None and best is not None and getattr(fit, metric) <= getattr(best[0 if metric == "rmse" else 1],
+        if fit is not None and best is not None and getattr(fit, metric) <= getattr(best[METRICS.index(metric)],
                                                                                     metric):
             out.append(row["calls"])
     return out
@@ -454,15 +464,12 @@ def summary_line(rows: list[dict]) -> str:
     for kind, name in (("fitted", "fit_schedule=True"), ("thorough", '"thorough"')):
         above = [row["calls"] for row in rows if row["fits"][kind].score is not None
                  and row["fits"][kind].score.rmse > user_result(row).rmse]
-        parts.append(f"{name} ≤ best base @1.5n at n = {ns(reached(rows, kind, '1.5n', 'rmse'))} (RMSE), "
-                     f"{ns(reached(rows, kind, '1.5n', 'fd'))} (FD); @2n at n = "
-                     f"{ns(reached(rows, kind, '2n', 'rmse'))} (RMSE), {ns(reached(rows, kind, '2n', 'fd'))} (FD); "
+        where = {label: ", ".join(f"{ns(reached(rows, kind, label, metric))} ({NAMES[metric]})" for metric in METRICS)
+                 for label in ("1.5n", "2n", "user 1.5n", "user 2n")}
+        parts.append(f"{name} ≤ best base @1.5n at n = {where['1.5n']}; @2n at n = {where['2n']}; "
                      f"@n at n = {ns(reached(rows, kind, 'n', 'rmse'))} (RMSE); ≤ the best sampler on the user's "
-                     f"schedule @1.5n at n = {ns(reached(rows, kind, 'user 1.5n', 'rmse'))} (RMSE), "
-                     f"{ns(reached(rows, kind, 'user 1.5n', 'fd'))} (FD), @2n at n = "
-                     f"{ns(reached(rows, kind, 'user 2n', 'rmse'))} (RMSE), {ns(reached(rows, kind, 'user 2n', 'fd'))} "
-                     "(FD); above D-ODE on the user's schedule "
-                     f"(RMSE) at n = {ns(above)}")
+                     f"schedule @1.5n at n = {where['user 1.5n']}; @2n at n = {where['user 2n']}; above D-ODE on the "
+                     f"user's schedule (RMSE) at n = {ns(above)}")
     return f"**Summary** (n = {ns([row['calls'] for row in rows])}): " + "; ".join(parts) + "."
 
 
