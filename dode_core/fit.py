@@ -38,7 +38,7 @@ from .fit_setup import CheckedModel, FitOptions, Progress, check_inputs
 from .lambdas_file import Lambdas
 from .rules import MAX_TEACHER_STEPS
 from .schedule import check_calls_on_schedule, dense_grid, merge_points, run_dense_teacher, schedule_range
-from .search import EFFORT, REAL_LADDERS, ScheduleSearch, Surrogate, last_jump_limit, refine_moves, start_paths
+from .search import EFFORT, REAL_LADDERS, ScheduleSearch, Surrogate, last_jump_limit, start_paths
 from .teacher import (
     check_teacher,
     convergence_error,
@@ -70,10 +70,6 @@ class TeacherNotConvergedError(ValueError):
 
 def _rmse(errors: torch.Tensor) -> float:
     return float(errors.mean().sqrt())
-
-
-def _surrogate_rmse(mse: float) -> str:
-    return "not scored" if math.isnan(mse) else f"{math.sqrt(mse):.4g}"
 
 
 @dataclass
@@ -111,8 +107,7 @@ class _Fit:
         self.name = sampler_name(sampler)
         self.progress = progress
         self.checked = CheckedModel(model, progress)
-        self.teacher_calls = 0  # every teacher call: the dense or final run, the half-factor one, any raised
-        self.dense_calls = 0  # the calls of one teacher run at the final factor
+        self.teacher_calls = 0
 
     def run(self, model, sigmas, role: str) -> torch.Tensor:
         """One run of the student sampler over the batch (a copy of the schedule each: ComfyUI's UniPC writes
@@ -165,8 +160,7 @@ def distill(model, x, sigmas, sampler, *, extra_args=None, teacher_factor=10, te
               on the first half of the batch, the best few run for real; the fitted schedule is delivered only if
               its D-ODE beats D-ODE on the user's schedule (and the base) on the other half, which chose nothing
               (``lam.schedule``, ``schedule_source``). Cost: 1.5 teacher runs + 2 + real candidates (4; thorough 10)
-              + 1 student runs; thorough then refines the best in real runs until the fit has made 8 dense teacher
-              runs of model calls.
+              + 1 student runs.
 
     Every fit measures its teacher against the same teacher at half the factor (``teacher_error`` in the file). A
     teacher not clearly closer to the ODE's end than the base (its error over TEACHER_MARGIN times the base's
@@ -238,7 +232,6 @@ def _distill(model, x, sigmas, sampler, opts: FitOptions, callback) -> Lambdas:
         reference_half = reference
 
     fit.teacher_calls = progress.done - len(call_sigmas)  # everything so far but the base run
-    fit.dense_calls = len(teacher_calls)
     user = fit.candidate("user", sigmas, user_map, user_targets, reference, base_user)
     choice = _search_schedule(fit, dense, sigmas, reference, user) if opts.fit_schedule else None
     lam = _deliver(fit, user, choice, teacher_errors)
@@ -271,91 +264,24 @@ def _search_schedule(fit: _Fit, dense, sigmas, reference, user: _Candidate) -> _
         surrogate_mse = search.score(path)  # scored by search.run already: no new surrogate run
         if path != user_path and math.isfinite(surrogate_mse) and all(path != other for _, other, _ in chosen):
             chosen.append((surrogate_mse, path, name))
-    real = _RealRuns(fit, dense, reference, search_latents)
+    real = []
     for surrogate_mse, path, origin in chosen:
-        real.error(path, origin, surrogate_mse)
-    if not real.runs:
+        candidate_sigmas = dense.grid[path].to(device=x.device, dtype=sigmas.dtype)
+        sampler_map = measure_sampler(fit.model, x, candidate_sigmas, fit.sampler, extra_args=opts.extra_args,
+                                      options=opts.options)
+        check_calls_on_schedule(sampler_map.call_sigmas, candidate_sigmas, fit.name)
+        targets = [dense.state_at(s) for s in sampler_map.call_sigmas[1:]] + [reference]
+        fit.progress.total += len(sampler_map.call_sigmas)
+        candidate = fit.candidate("fitted", candidate_sigmas, sampler_map, targets, reference, with_base=False)
+        real.append((float(candidate.dode_errors[search_latents].mean()), surrogate_mse, origin, candidate))
+        log.info("schedule %s (%s): surrogate RMSE %.4g, real %.4g on the search latents", format_sigmas(
+            candidate_sigmas), origin, math.sqrt(surrogate_mse), math.sqrt(real[-1][0]))
+    if not real:
         return None
-    best_path = min(real.runs, key=lambda key: real.runs[key][0])
-    runs = effort.refine_runs(fit.dense_calls, fit.progress.done, len(user.fits))
-    if runs > 0:
-        real.reserved = runs * len(user.fits)  # the host's progress bar learns the refinement's cost up front
-        fit.progress.total += real.reserved
-        best_path = _refine_for_real(real, search, list(best_path), runs, refine_moves(opts.teacher_factor))
-        fit.progress.total -= real.reserved
-    _, surrogate_mse, origin, best = real.runs[tuple(best_path)]
+    _, surrogate_mse, origin, best = min(real, key=lambda found: found[0])
     fit.progress.total += len(best.sampler_map.call_sigmas)
     best.base_errors = final_errors(fit.run(fit.checked, best.sigmas, "base run (fitted schedule)"), reference)
-    return _ScheduleChoice(best, search_latents, proof_latents, surrogate_mse, origin, len(search.scores),
-                           len(real.runs))
-
-
-class _RealRuns:
-    """Schedules (dense-grid index paths) run for real, once each: D-ODE with λ refit live over the batch, judged
-    by each search latent's squared final error (the proof latents choose nothing)."""
-
-    def __init__(self, fit: _Fit, dense, reference, search_latents: slice):
-        self.fit, self.dense, self.reference, self.search_latents = fit, dense, reference, search_latents
-        self.runs: dict[tuple[int, ...], tuple[float, float, str, _Candidate]] = {}  # mse, surrogate mse, origin
-        self.reserved = 0  # model calls already in the progress total for runs to come
-
-    def error(self, path, origin: str, surrogate_mse: float) -> float:
-        """The mean squared final error on the search latents; inf where the sampler cannot run (no model call)."""
-        key = tuple(path)
-        if key not in self.runs:
-            fit, opts = self.fit, self.fit.opts
-            sigmas = self.dense.grid[list(key)].to(device=fit.x.device, dtype=fit.x.dtype)
-            try:
-                sampler_map = measure_sampler(fit.model, fit.x, sigmas, fit.sampler, extra_args=opts.extra_args,
-                                              options=opts.options)
-                check_calls_on_schedule(sampler_map.call_sigmas, sigmas, fit.name)
-            except ValueError as error:
-                log.debug("schedule %s: %s", format_sigmas(sigmas), error)
-                return math.inf
-            targets = [self.dense.state_at(s) for s in sampler_map.call_sigmas[1:]] + [self.reference]
-            calls = len(sampler_map.call_sigmas)
-            fit.progress.total += max(0, calls - self.reserved)
-            self.reserved = max(0, self.reserved - calls)
-            candidate = fit.candidate("fitted", sigmas, sampler_map, targets, self.reference, with_base=False)
-            mse = float(candidate.dode_errors[self.search_latents].mean())
-            self.runs[key] = (mse if math.isfinite(mse) else math.inf, surrogate_mse, origin, candidate)
-            log.info("schedule %s (%s): surrogate RMSE %.4g, real %.4g on the search latents", format_sigmas(sigmas),
-                     origin, math.sqrt(surrogate_mse), math.sqrt(mse))
-        return self.runs[key][0]
-
-    def beats(self, path, other) -> bool:
-        """Whether ``path`` ran and beats ``other`` by more than chance on the search latents (proves_gain)."""
-        mse = self.runs.get(tuple(path), (math.inf,))[0]
-        if not math.isfinite(mse):
-            return False
-        mine, theirs = (self.runs[tuple(p)][3].dode_errors[self.search_latents] for p in (path, other))
-        return proves_gain(theirs, mine)
-
-
-def _refine_for_real(real: _RealRuns, search: ScheduleSearch, path: list[int], runs: int, moves) -> list[int]:
-    """Coordinate descent in real runs: move one interior sigma by ``moves`` grid points (coarse to fine), keeping
-    a move only if it beats the schedule so far by more than chance on the search latents, for at most ``runs`` new
-    runs. A plain lower mean would chase noise: on 16 latents that made held-out results worse (KDE, 4 calls)."""
-    origin = f"{real.runs[tuple(path)][2]}, refined in real runs"
-    budget = len(real.runs) + runs
-    for step in moves:
-        improved = True
-        while improved:
-            improved = False
-            for k in range(1, len(path) - 1):
-                for move in (-step, step):
-                    candidate = list(path)
-                    candidate[k] += move
-                    if not (candidate[k - 1] < candidate[k] < candidate[k + 1]
-                            and candidate[-2] >= search.first_last_index):  # see search.last_jump_limit
-                        continue
-                    if tuple(candidate) not in real.runs:
-                        if len(real.runs) >= budget:
-                            return path
-                        real.error(candidate, origin, search.scores.get(tuple(candidate), math.nan))
-                    if real.beats(candidate, path):
-                        path, improved = candidate, True
-    return path
+    return _ScheduleChoice(best, search_latents, proof_latents, surrogate_mse, origin, len(search.scores), len(real))
 
 
 def _teacher_grid(model, x, sigmas, call_sigmas, opts: FitOptions, factor: int):
@@ -439,6 +365,6 @@ def _deliver(fit: _Fit, user: _Candidate, choice: _ScheduleChoice | None, teache
         metadata["schedule_search"] = (
             f"{choice.scored} schedules scored on a surrogate of the teacher run over {choice.search.stop} latents, "
             f"{choice.real_runs} run for real; the best from {choice.origin}; surrogate RMSE "
-            f"{_surrogate_rmse(choice.surrogate_mse)}, real "
+            f"{math.sqrt(choice.surrogate_mse):.4g}, real "
             f"{_rmse(choice.candidate.dode_errors[choice.search]):.4g} there")
     return Lambdas(lambdas=lambdas, call_sigmas=tuple(best.sampler_map.call_sigmas), metadata=metadata)

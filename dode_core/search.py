@@ -16,7 +16,7 @@ The search starts from several schedules (the user's, Karras, log-uniform, unifo
 dynamic program of schedule.py with face-value and with propagated one-step costs), refines the best by coordinate
 descent over the dense grid (one interior sigma at a time, moved by 8, 4, 2, 1 grid points while that helps), and
 returns the best distinct schedules; the caller runs the top few for real, and the ladders of REAL_LADDERS as they
-are ("thorough" then refines the best of those in real runs, refine_moves).
+are.
 """
 
 from __future__ import annotations
@@ -45,18 +45,6 @@ class SearchEffort:
     refined_starts: int
     max_evaluations: int
     real_candidates: int
-    refine_teacher_runs: float  # real refining may bring the fit's model calls up to this many teacher runs'
-
-    def refine_runs(self, teacher_calls: int, done: int, calls: int) -> int:
-        """Student runs (``calls`` model calls each) left for refining for real: the budget,
-        ``refine_teacher_runs * teacher_calls`` (one dense teacher run's), less what the fit has made so far and the
-        fitted schedule's base run still to come."""
-        return max(0, int((self.refine_teacher_runs * teacher_calls - done - calls) // calls))
-
-
-def refine_moves(teacher_factor: int) -> tuple[int, ...]:
-    """Grid points a real refinement moves a sigma by: a quarter, an eighth of a student step, then one point."""
-    return tuple(sorted({max(1, teacher_factor // 4), max(1, teacher_factor // 8), 1}, reverse=True))
 
 
 # The AYS paper's 10-step schedule for SD1 (Sabour, Fidler, Kreis 2024, "Align Your Steps", table for Stable
@@ -72,12 +60,9 @@ REAL_LADDERS = ("ays-shape",)
 # 0.41, its best 1.26x the real best's RMSE; on the exact KDE denoiser 0.87 and 1.00x: bench/surrogate.py), so the
 # default runs four for real (plus REAL_LADDERS). With the teacher (1.5 runs) and the user's and fitted schedules'
 # own runs, a default fit stays under three teacher runs of model calls at teacher_factor 10:
-# 15n + 2n + 5n + n = 23n <= 30n. Thorough refines in real runs up to 8 teacher runs in all (KDE digits, 6 calls:
-# held-out RMSE 0.0675 -> 0.0512; on 4 calls a refinement that took any lower mean made it worse, so a move must
-# beat the schedule so far beyond chance).
-EFFORT = {"default": SearchEffort(refined_starts=2, max_evaluations=400, real_candidates=4, refine_teacher_runs=0.0),
-          "thorough": SearchEffort(refined_starts=5, max_evaluations=2000, real_candidates=10,
-                                       refine_teacher_runs=8.0)}
+# 15n + 2n + 5n + n = 23n <= 30n.
+EFFORT = {"default": SearchEffort(refined_starts=2, max_evaluations=400, real_candidates=4),
+          "thorough": SearchEffort(refined_starts=5, max_evaluations=2000, real_candidates=10)}
 
 
 def batch_slopes(states, denoised) -> list[float]:

@@ -13,12 +13,11 @@ from dode_core.search import (
     Surrogate,
     ays_shape,
     batch_slopes,
-    refine_moves,
     start_paths,
     surrogate_error,
 )
 from dode_core.teacher import sample_dpmpp_2m_teacher
-from models import GaussianDenoiser, KDEDenoiser, digits_data
+from models import GaussianDenoiser
 
 SIGMA_MAX, SIGMA_MIN = 80.0, 0.002
 
@@ -141,36 +140,3 @@ def test_the_last_progress_report_is_a_full_bar_at_the_model_calls_made(K, karra
                   callback=lambda done, total: reports.append((done, total)))
     assert reports[-1] == (int(lam.metadata["model_calls"]),) * 2
     assert reports.count(reports[-1]) == 1  # once: a host that counts its events sees one per model call
-
-
-def test_thorough_refines_for_real_up_to_eight_teacher_runs_of_calls_and_default_not_at_all():
-    thorough, default = EFFORT["thorough"], EFFORT["default"]
-    assert thorough.refine_runs(teacher_calls=80, done=300, calls=8) == 41  # (8 * 80 - 300 - 8) // 8
-    assert thorough.refine_runs(teacher_calls=80, done=640, calls=8) == 0
-    assert default.refine_runs(teacher_calls=80, done=100, calls=8) == 0
-    assert (refine_moves(20), refine_moves(10), refine_moves(4)) == ((5, 2, 1), (2, 1), (1,))
-
-
-def test_thorough_gains_on_held_out_digits_by_refining_in_real_runs(K, karras, caplog):
-    """KDE digits, dpmpp_2m at 6 calls: the surrogate's best schedules, refined in real runs where a move beats the
-    schedule so far by more than chance on the search latents, land closer to a converged run on 128 fresh latents
-    (measured: default 0.066, thorough before real refining 0.068, with it 0.051); the fit stays within 8 dense
-    teacher runs of model calls."""
-    from dode_core import distill, sample
-
-    digits = KDEDenoiser(digits_data(), bandwidth=0.3)
-    generator = torch.Generator().manual_seed(0)
-    fit = torch.randn(32, 1, 8, 8, generator=generator, dtype=torch.float64) * SIGMA_MAX
-    held_out = torch.randn(128, 1, 8, 8, generator=generator, dtype=torch.float64) * SIGMA_MAX
-    reference = K.sample_heun(digits, held_out, karras(100), disable=True)
-    sigmas, errors = karras(6), {}
-    for fit_schedule in (True, "thorough"):
-        with caplog.at_level("INFO", logger="dode_core.fit"):
-            lam = distill(digits, fit, sigmas, K.sample_dpmpp_2m, history="auto", teacher_factor=20,
-                          fit_schedule=fit_schedule, sigma_min=SIGMA_MIN)
-        out = sample(digits, held_out, lam.schedule.to(held_out), K.sample_dpmpp_2m, lam, disable=True)
-        errors[fit_schedule] = float((out - reference).square().mean().sqrt())
-        assert int(lam.metadata["model_calls"]) <= 8 * (20 * 6 + 6)  # a dense run: 120 points and the user's 6
-    assert errors["thorough"] < 0.85 * errors[True], errors
-    refined = [r.getMessage() for r in caplog.records if "refined in real runs" in r.getMessage()]
-    assert len(refined) >= 5, refined
