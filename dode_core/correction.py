@@ -2,7 +2,9 @@
 
     D~_k = D_k + sum_j lambda[k, j-1] * (D_{k-j+1} - D_{k-j}),   j = 1..history, terms with k-j < 0 absent
 
-``D_k`` is the raw output of model call ``k``; the base sampler receives ``D~_k`` and is not changed.
+``D_k`` is the raw output of model call ``k``; the base sampler receives ``D~_k`` and is not changed. A file that
+records a correction limit per call has each latent's correction ``D~_k - D_k`` scaled down to ``limit * rms(x_k -
+D_k)`` where it is larger (a margin over the largest size the fit saw: crossfit.bound_call).
 
 Sampling with λ should cost what the base sampler costs. So the schedule probe (a run of the sampler with a
 free stand-in) runs once per distinct (sampler, sigmas, options, latent format) and is cached, and the
@@ -130,6 +132,27 @@ def _corrected_wide(denoised: torch.Tensor, previous: list[torch.Tensor], weight
     return out
 
 
+def _rms(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.reshape(tensor.shape[0], -1).square().mean(1).sqrt()
+
+
+def limited(x: torch.Tensor, denoised: torch.Tensor, corrected: torch.Tensor, limit: float) -> torch.Tensor:
+    """``corrected`` with each latent's correction (dim 0 indexes the latents) scaled down to ``limit`` times the
+    RMS of its ``x - D``:
+
+        D~_i <- D_i + min(1, limit rms(x_i - D_i) / rms(D~_i - D_i)) (D~_i - D_i)
+
+    ``corrected`` itself where no latent's correction is over."""
+    work = torch.promote_types(corrected.dtype, torch.float32)
+    change = corrected.to(work) - denoised.to(work)
+    allowed = limit * _rms(x.to(work) - denoised.to(work))
+    size = _rms(change)
+    if not bool((size > allowed).any()):
+        return corrected
+    scale = (allowed / size).clamp(max=1.0).nan_to_num(1.0).view(-1, *([1] * (change.dim() - 1)))
+    return (denoised.to(work) + change * scale).to(corrected.dtype)
+
+
 def all_finite(tensor: torch.Tensor) -> bool:
     """Whether every element is finite: one fused sum first (a NaN or inf makes it non-finite), the exact
     elementwise test only when the sum says so (it can also overflow on huge finite values)."""
@@ -165,6 +188,7 @@ class DODEDenoiser(ModelProxy):
         super().__init__(model)
         self.lam = lam
         self.weights = call_weights(lam)
+        self.limits = lam.correction_limits
         self.raw_outputs: list[torch.Tensor] = []
         self.count = 0
 
@@ -184,6 +208,8 @@ class DODEDenoiser(ModelProxy):
         corrected = corrected_output(denoised, previous, self.weights[k])
         if corrected is not denoised and not all_finite(corrected):
             corrected = self._recover_non_finite(k, sigma_k, denoised, previous, corrected)
+        if corrected is not denoised and self.limits is not None:
+            corrected = limited(x, denoised, corrected, self.limits[k])
         self.raw_outputs = (previous + [denoised])[-self.lam.history :]
         return corrected
 

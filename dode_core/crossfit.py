@@ -14,6 +14,17 @@ where t_i is the teacher's state at the next call's sigma and x0_i the next stat
 so every latent is judged by λ it was not fitted on, at no model cost, and a batch of 8 proves with 8. The
 number of terms (0 = leave the call uncorrected) is the one with the least leave-one-out error summed over the
 batch; ties go to fewer terms.
+
+A correction is trusted only a little beyond where the fit saw it work. Each call's correction
+``sum_j lambda_j term_j`` is limited, latent by latent, to LIMIT_MARGIN times the largest size it had on the fit
+batch, measured against the call's own noise estimate (``limit`` in the file):
+
+    size_i = rms(sum_j lambda_j term_ij) / rms(x_i - D_i),    limit = LIMIT_MARGIN max_i size_i
+
+A fresh latent whose outputs change much faster than any fit latent's (one still choosing between modes) has its
+correction scaled down to the limit instead of extrapolated further; on Gaussian data every latent's size is the
+same and nothing is limited. In the proof latent i is limited by LIMIT_MARGIN times the largest size of the *other*
+latents under its own leave-one-out λ, so the proof measures what a fresh seed gets.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import torch
 from .blackbox import ModelProxy, SamplerMap, SamplerRefusedError, close_enough, sigma_value
 from .correction import differences, working_precision
 from .file_format import MAX_ABS_LAMBDA
+from .rules import LIMIT_MARGIN
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +83,8 @@ class CallFit:
     terms:       the number of terms used (0: the call is left uncorrected)
     energy_before, energy_after: the next state's squared error summed over the batch with λ = 0 and with each
                  latent's leave-one-out λ
+    limit:       LIMIT_MARGIN times the largest size of a latent's correction with ``lambdas`` on the batch (its RMS
+                 over the RMS of the call's ``x - D``): what a sampler lets a correction reach (0: uncorrected)
     """
 
     lambdas: torch.Tensor
@@ -78,6 +92,35 @@ class CallFit:
     terms: int
     energy_before: float
     energy_after: float
+    limit: float = 0.0
+
+
+def correction_sizes(T: torch.Tensor, lambdas: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """``out[i, j]``: the size of latent j's correction ``sum_m lambdas[i, m] term_jm`` under latent i's λ: its RMS
+    over ``noise[j]``, latent j's ``rms(x - D)``, from the per-latent mean Gram matrices of the terms ``T`` (B, m, m)
+    and λ (B, m)."""
+    squares = torch.einsum("im,jmn,in->ij", lambdas, T, lambdas)
+    return squares.clamp(min=0).sqrt() / noise.clamp(min=1e-300)[None, :]
+
+
+def bound_call(call: CallFit, T: torch.Tensor, noise: torch.Tensor, G, b, c) -> CallFit:
+    """``call`` with each latent's leave-one-out correction scaled down to LIMIT_MARGIN times the largest size of
+    the other latents' (under the same λ), its energy after recomputed, and the limit of the delivered λ (see the
+    module's docstring). ``T``: the terms' per-latent mean Gram matrices; ``noise``: each latent's ``rms(x - D)``."""
+    m = call.terms
+    if not m:
+        return call
+    loo = call.per_latent[:, :m]
+    sizes = correction_sizes(T[:, :m, :m], loo, noise)  # (B, B)
+    allowed = LIMIT_MARGIN * sizes.masked_fill(torch.eye(len(sizes), dtype=torch.bool), -math.inf).amax(1)
+    own = sizes.diagonal()
+    scale = torch.where(own > allowed, allowed / own.clamp(min=1e-300), torch.ones_like(own))
+    per_latent = call.per_latent.clone()
+    per_latent[:, :m] = loo * scale[:, None]
+    after = float(latent_errors(G[:, :m, :m], b[:, :m], c, per_latent[:, :m]).sum())
+    delivered = call.lambdas[:m].expand(len(sizes), m)
+    limit = LIMIT_MARGIN * float(correction_sizes(T[:, :m, :m], delivered, noise).diagonal().max())
+    return CallFit(call.lambdas, per_latent, m, call.energy_before, after, limit)
 
 
 def fit_call(G, b, c, floor: float, history, max_terms: int) -> CallFit:
@@ -188,7 +231,8 @@ class CrossFitRun(ModelProxy):
             scale += abs(beta) * float(output.norm())
         directions = [term * step.own for term in terms]
 
-        call_fit = self._fit(x_zero, directions, k)
+        noise = (x.to(denoised.dtype) - denoised).reshape(len(denoised), -1).square().mean(1).sqrt()
+        call_fit = self._fit(x_zero, terms, noise.to("cpu", torch.float64), directions, k)
         self.fits.append(call_fit)
         corrected = denoised
         if call_fit.terms:
@@ -203,7 +247,7 @@ class CrossFitRun(ModelProxy):
         del self.given[: -max(self.map.outputs_kept, 1)]
         return corrected
 
-    def _fit(self, x_zero, directions, k) -> CallFit:
+    def _fit(self, x_zero, terms, noise, directions, k) -> CallFit:
         residual = self.targets[k].to(x_zero.device, x_zero.dtype) - x_zero
         if not directions:  # the first call has no earlier output to correct with
             energy = float(dots([residual], [residual]).sum())
@@ -212,7 +256,8 @@ class CrossFitRun(ModelProxy):
         G, b, c = batch_stats(directions, residual)
         # directions with energy below (1e-6 |x|)^2 are rounding, not signal: they get no λ
         floor = 1e-12 * float(dots([x_zero], [x_zero]).sum())
-        return fit_call(G, b, c, floor, self.history, self.max_terms)
+        call = fit_call(G, b, c, floor, self.history, self.max_terms)
+        return bound_call(call, dots(terms, terms) / x_zero[0].numel(), noise, G, b, c)
 
 
 def _per_latent(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ MAX_METADATA_VALUE_BYTES = 64 * 1024
 
 # field name -> what a valid value looks like (for the error message); all other fields are free text.
 REQUIRED_FIELDS = ("format", "format_version", "base_sampler", "steps", "calls", "history", "call_sigmas")
-LIST_FIELDS = ("call_sigmas", "schedule", "fit_rmse_before", "fit_rmse_after", "history_per_call")
+LIST_FIELDS = ("call_sigmas", "schedule", "fit_rmse_before", "fit_rmse_after", "history_per_call", "correction_limit")
 # field -> (least, most) value; None: unbounded on that side
 INT_FIELDS = {"steps": (1, MAX_STEPS), "calls": (2, MAX_CALLS), "history": (1, MAX_HISTORY),
               "teacher_factor": (1, None), "teacher_calls": (1, None), "batch_size": (1, None), "seed": (None, None),
@@ -112,7 +112,7 @@ def check_lambdas(lambdas: torch.Tensor, fields: dict, fail) -> None:
         fail(f"field 'calls' is {fields['calls']}; expected {calls}, the first dimension of '{TENSOR_NAME}'.")
     if fields["history"] != history:
         fail(f"field 'history' is {fields['history']}; expected {history}, the second dimension of '{TENSOR_NAME}'.")
-    for key in ("call_sigmas", "fit_rmse_before", "fit_rmse_after", "history_per_call"):
+    for key in ("call_sigmas", "fit_rmse_before", "fit_rmse_after", "history_per_call", "correction_limit"):
         if key in fields and len(fields[key]) != calls:
             fail(f"field '{key}' has {len(fields[key])} entries; expected one per model call ({calls}).")
     if "history_per_call" in fields and max(fields["history_per_call"]) > history:
@@ -185,7 +185,7 @@ def _utf8_size(text: str) -> int | None:
 
 
 def _check_lists(fields: dict, fail) -> None:
-    for key in ("call_sigmas", "schedule", "fit_rmse_before", "fit_rmse_after", "history_per_call"):
+    for key in LIST_FIELDS:
         if key in fields and any(v < 0 for v in fields[key]):
             what = "sigma" if "sigma" in key or key == "schedule" else "value"
             fail(f"field '{key}' holds a negative {what}; expected values >= 0.")

@@ -346,6 +346,7 @@ def _deliver(fit: _Fit, user: _Candidate, choice: _ScheduleChoice | None, teache
         "model_dtype": fit.checked.dtype,
         "fit_rmse_before": json.dumps(rmse_before),
         "fit_rmse_after": json.dumps(rmse_after),
+        "correction_limit": json.dumps([call.limit for call in best.fits]),
         "heldout_rmse_base": repr(rmse_base),
         "heldout_rmse_dode": repr(rmse_dode),
         "heldout_count": str(count),

@@ -83,6 +83,14 @@ class Lambdas:
         return self.metadata.get("schedule_source") == "fitted"
 
     @property
+    def correction_limits(self) -> list[float] | None:
+        """Per call, the largest RMS a latent's correction may reach (what it reached on the fit batch); None for a
+        file without them (written before they existed): its corrections are not limited."""
+        if not self.metadata.get("correction_limit"):
+            return None
+        return [float(v) for v in json.loads(self.metadata["correction_limit"])]
+
+    @property
     def latent_shape(self) -> list[int] | None:
         """The shape of one latent of the fit batch (channels first), where the file records it."""
         try:

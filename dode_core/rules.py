@@ -137,3 +137,9 @@ def proof_summary(lam) -> str | None:
     how = ("each with λ fitted on the others" if lam.metadata.get("heldout_method") == "leave-one-out"
            else "held out of the fit")
     return f"base {base:.4g} -> D-ODE {dode:.4g} ({ratio}{count} latents, {how})"
+
+# --- correction limit ---------------------------------------------------------------------------------------------
+# A correction may reach this many times the largest size it had on the fit batch (crossfit.bound_call). The largest
+# of 8 is a low estimate of what fresh seeds reach: at 1.0 ordinary latents were cut too (KDE digits, heun 6 calls,
+# history auto: D-ODE / base 0.104 -> 0.122); at 1.25 they were not, and latents far past it still are.
+LIMIT_MARGIN = 1.25

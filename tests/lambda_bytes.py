@@ -16,7 +16,8 @@ def valid_lambdas(channels: int = 0) -> Lambdas:
         lambdas = lambdas[..., None].repeat(1, 1, channels).contiguous()
     metadata = {"base_sampler": "euler", "steps": "3", "schedule": "[80.0, 5.0, 0.5, 0.0]",
                 "fit_rmse_before": "[1.0, 0.5, 0.25]", "fit_rmse_after": "[1.0, 0.25, 0.125]",
-                "history_per_call": "[0, 1, 2]", "teacher_sampler": "euler", "teacher_factor": "10",
+                "history_per_call": "[0, 1, 2]", "correction_limit": "[0.0, 0.5, 1.25]", "teacher_sampler": "euler",
+                "teacher_factor": "10",
                 "teacher_calls": "30", "batch_size": "8", "seed": "18446744073709551615",
                 "heldout_rmse_base": "0.25", "heldout_rmse_dode": "1.5e-05", "heldout_count": "2",
                 "lambda_scale": "0.5", "proof_calls": "6", "schedule_source": "fitted"}

@@ -40,9 +40,9 @@ VALUES = ["", "0", "1", "-1", "3", "2", "1000", "1001", "100001", HUGE_INT, "٤"
           "[" * 5000 + "]" * 5000, "[0, 1, 2]", "[0, 1.5, 2]", "[0, 1, 9]", "[80.0, 5.0, 0.5, 0.0]",
           "x" * 70_000, "é" * 33_000, "\u202eevil\u202c", "a\r\nVALID forged", "\x00\x7f\x9b", "\ud800"]
 KEYS = ["format", "format_version", "base_sampler", "steps", "calls", "history", "call_sigmas", "schedule",
-        "fit_rmse_before", "fit_rmse_after", "history_per_call", "teacher_factor", "teacher_calls", "batch_size",
-        "seed", "heldout_rmse_base", "heldout_rmse_dode", "heldout_count", "schedule_source", "lambda_scale",
-        "proof_calls", "prompt", "",
+        "fit_rmse_before", "fit_rmse_after", "history_per_call", "correction_limit", "teacher_factor", "teacher_calls",
+        "batch_size", "seed", "heldout_rmse_base", "heldout_rmse_dode", "heldout_count", "schedule_source",
+        "lambda_scale", "proof_calls", "prompt", "",
         "k" * 300, "\x1b[2J", "\ud800"]
 DTYPES = ["F32", "F64", "F16", "BF16", "F4", "F6_E2M3", "F6_E3M2", "F8_E8M0", "F8_E4M3", "F8_E5M2", "I64", "U8",
           "BOOL", "C64", "f32", "", 32, None]
@@ -126,7 +126,8 @@ def metadata_type(rng, data):
 
 def list_field(rng, data):
     def edit(header, md):
-        key = rng.choice(["call_sigmas", "schedule", "fit_rmse_before", "fit_rmse_after", "history_per_call"])
+        key = rng.choice(["call_sigmas", "schedule", "fit_rmse_before", "fit_rmse_after", "history_per_call",
+                          "correction_limit"])
         try:
             values = json.loads(md.get(key, "[1.0, 0.5]"))
         except (ValueError, RecursionError, TypeError):

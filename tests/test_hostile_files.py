@@ -133,6 +133,8 @@ def test_duplicate_header_keys_are_refused(tmp_path):
     ("call_sigmas", "[80.0, 5.0, -0.5]", ("negative sigma", ">= 0")),
     ("fit_rmse_after", "[1.0, -0.5, 0.1]", ("negative value", ">= 0")),
     ("history_per_call", "[0, 1.5, 2]", ("fraction", "whole numbers")),
+    ("correction_limit", "[0.0, -0.5, 0.1]", ("negative value", ">= 0")),
+    ("correction_limit", "[0.0, 0.5]", ("2 entries", "one per model call (3)")),
     ("history_per_call", "[0, 1, 3]", ("3 terms", "history, 2")),
     ("call_sigmas", "[80.0, NaN, 0.5]", ("'[80.0, NaN, 0.5]'", "finite numbers")),
     ("base_sampler", "../../euler", ("'../../euler'", "1 to 64")),
